@@ -1,0 +1,140 @@
+"""Per-page codecs of the kdump-compressed format.
+
+The flag values are the ``page_desc.flags`` / header ``status`` bits that
+makedumpfile defines.  Compressors are chosen for speed (zlib-ng or isal when
+installed, both produce streams stock zlib inflates); every codec is looked up
+lazily so a missing optional library only fails the dumps that need it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kdumpkit.errors import CorruptDumpError, UnsupportedCompressionError
+
+FLAG_ZLIB = 0x01
+FLAG_LZO = 0x02
+FLAG_SNAPPY = 0x04
+FLAG_INCOMPLETE = 0x08
+FLAG_EXCLUDED_VMEMMAP = 0x10
+FLAG_ZSTD = 0x20
+
+COMPRESSION_FLAGS = FLAG_ZLIB | FLAG_LZO | FLAG_SNAPPY | FLAG_ZSTD
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    flag: int
+    compress: Callable[[bytes], bytes]
+    decompress: Callable[[bytes, int], bytes]
+
+
+def _zlib_compressor() -> Callable[[bytes], bytes]:
+    try:
+        from zlib_ng import zlib_ng  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+        return lambda b: zlib_ng.compress(b, 1)  # type: ignore[no-any-return]
+    except ImportError:
+        return lambda b: zlib.compress(b, 1)
+
+
+def _zlib_decompress(data: bytes, size: int) -> bytes:
+    return zlib.decompress(data, bufsize=size)
+
+
+def _lzo() -> Codec:
+    try:
+        import lzo  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError as e:
+        raise UnsupportedCompressionError("lzo (install python-lzo)") from e
+    return Codec(
+        "lzo",
+        FLAG_LZO,
+        lambda b: lzo.compress(b, 1, False),
+        lambda d, n: lzo.decompress(d, False, n),
+    )
+
+
+def _snappy() -> Codec:
+    try:
+        import cramjam  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError as e:
+        raise UnsupportedCompressionError("snappy (install cramjam)") from e
+    return Codec(
+        "snappy",
+        FLAG_SNAPPY,
+        lambda b: bytes(cramjam.snappy.compress_raw(b)),
+        lambda d, n: bytes(cramjam.snappy.decompress_raw(d)),
+    )
+
+
+def _zstd() -> Codec:
+    try:
+        import zstandard  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError as e:
+        raise UnsupportedCompressionError("zstd (install zstandard)") from e
+    cctx = zstandard.ZstdCompressor(level=1)
+    dctx = zstandard.ZstdDecompressor()
+    return Codec(
+        "zstd",
+        FLAG_ZSTD,
+        cctx.compress,
+        lambda d, n: dctx.decompress(d, max_output_size=n),
+    )
+
+
+_BUILDERS: dict[str, Callable[[], Codec]] = {
+    "zlib": lambda: Codec("zlib", FLAG_ZLIB, _zlib_compressor(), _zlib_decompress),
+    "lzo": _lzo,
+    "snappy": _snappy,
+    "zstd": _zstd,
+}
+_FLAG_NAMES = {FLAG_ZLIB: "zlib", FLAG_LZO: "lzo", FLAG_SNAPPY: "snappy", FLAG_ZSTD: "zstd"}
+_cache: dict[str, Codec] = {}
+
+# makedumpfile's option letters
+OPTION_CODECS = {"c": "zlib", "l": "lzo", "p": "snappy", "z": "zstd"}
+
+
+def codec(name: str) -> Codec:
+    """The codec called ``name`` (zlib, lzo, snappy, zstd)."""
+    if name not in _BUILDERS:
+        raise UnsupportedCompressionError(name)
+    if name not in _cache:
+        _cache[name] = _BUILDERS[name]()
+    return _cache[name]
+
+
+def codec_for_flag(flag: int) -> Codec:
+    name = _FLAG_NAMES.get(flag)
+    if name is None:
+        raise UnsupportedCompressionError(f"page flags {flag:#x}")
+    return codec(name)
+
+
+def flag_name(status: int) -> str:
+    """Name of the compression in a header ``status`` word ("none" if raw)."""
+    names = [n for f, n in _FLAG_NAMES.items() if status & f]
+    return ",".join(names) if names else "none"
+
+
+def decompress_page(flags: int, data: bytes, page_size: int) -> bytes:
+    """Decompress one stored page; the result must be exactly one page."""
+    comp = flags & COMPRESSION_FLAGS
+    if comp == 0:
+        if len(data) != page_size:
+            raise CorruptDumpError(f"raw page of {len(data)} bytes (page size {page_size})")
+        return data
+    c = codec_for_flag(comp)
+    try:
+        out = c.decompress(data, page_size)
+    except UnsupportedCompressionError:
+        raise
+    except Exception as e:  # codec libraries raise their own types
+        raise CorruptDumpError(f"{c.name} page does not decompress: {e}") from None
+    if len(out) != page_size:
+        raise CorruptDumpError(f"{c.name} page decompressed to {len(out)} bytes, not {page_size}")
+    return bytes(out)

@@ -1,0 +1,93 @@
+"""Where writers put bytes: positioned writes onto a file or a stream.
+
+Writers of seekable formats (kdump-compressed, ELF) write their headers after
+the pages they describe.  They do so through :class:`Sink.pwrite`, so the same
+writer can target a regular file (:class:`FileSink`) or a pipe, socket or raw
+device through makedumpfile's flattened stream (``kdumpkit.dump.flattened``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from abc import ABC, abstractmethod
+
+from kdumpkit.dump.base import Buffer
+from kdumpkit.errors import NoSpaceError, OutputError
+
+DUMP_FILE_MODE = 0o600  # a dump holds every secret the machine had
+
+
+class Sink(ABC):
+    """A byte destination written at explicit offsets."""
+
+    @abstractmethod
+    def pwrite(self, offset: int, data: Buffer) -> None: ...
+
+    def close(self) -> None:
+        """Finish the output (flush, end marker …)."""
+
+    def abort(self) -> None:
+        """Stop without finishing; whatever was written stays."""
+        self.close()
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def open_dump_output(path: str, *, overwrite: bool = False) -> int:
+    """Open ``path`` for a new dump, mode 0600; refuses to clobber unless asked."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, DUMP_FILE_MODE)
+    except FileExistsError:
+        raise OutputError(f"{path} exists (will not overwrite a dump; use --force)") from None
+    except OSError as e:
+        raise OutputError(f"cannot create {path}: {e.strerror}") from None
+    os.fchmod(fd, DUMP_FILE_MODE)
+    return fd
+
+
+class FileSink(Sink):
+    """A regular file (or a seekable device) written with ``pwrite``."""
+
+    def __init__(self, path: str, *, overwrite: bool = False, fd: int | None = None) -> None:
+        self.path = path
+        self.fd = fd if fd is not None else open_dump_output(path, overwrite=overwrite)
+        self._closed = False
+
+    def pwrite(self, offset: int, data: Buffer) -> None:
+        view = memoryview(data)
+        while len(view):
+            try:
+                n = os.pwrite(self.fd, view, offset)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise NoSpaceError(f"{self.path} at offset {offset}") from None
+                raise OutputError(f"writing {self.path}: {e.strerror}") from None
+            view = view[n:]
+            offset += n
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+
+
+class MemorySink(Sink):
+    """An in-memory buffer; for tests and small outputs."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def pwrite(self, offset: int, data: Buffer) -> None:
+        end = offset + len(data)
+        if end > len(self.buf):
+            self.buf += bytes(end - len(self.buf))
+        self.buf[offset:end] = data
