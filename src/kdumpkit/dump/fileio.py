@@ -1,0 +1,95 @@
+"""File access, kept apart from formats (libkdumpfile's split).
+
+A format reader reads bytes through a :class:`ByteSource`; it never opens a
+path itself.  A regular file is a :class:`MappedFile` (mmap, so reading a
+page is a slice and memory stays bounded by what the kernel caches); a
+makedumpfile flattened stream is another ByteSource (``kdumpkit.dump.flattened``)
+that maps positions to records, so every format reads flattened files in place.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from abc import ABC, abstractmethod
+
+from kdumpkit.dump.base import Buffer
+from kdumpkit.errors import DumpError, TruncatedDumpError
+
+
+class ByteSource(ABC):
+    """Random access to the bytes of a (logical) dump file."""
+
+    name: str
+    size: int
+
+    @abstractmethod
+    def view(self, offset: int, length: int) -> Buffer:
+        """``length`` bytes at ``offset`` (zero-copy where possible); short reads raise."""
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.view(offset, length))
+
+    def close(self) -> None:
+        pass
+
+    def _check(self, offset: int, length: int, what: str = "data") -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise TruncatedDumpError(f"{what} of {length} bytes at {offset} in {self.name}", min(max(offset, 0), self.size))
+
+
+class MappedFile(ByteSource):
+    """A regular file read through mmap (empty files are allowed, size 0)."""
+
+    def __init__(self, path: str) -> None:
+        self.name = path
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise DumpError(f"cannot open {path}: {e.strerror}") from None
+        self.size = os.fstat(self._fd).st_size
+        self._mm: mmap.mmap | None = None
+        if self.size:
+            try:
+                self._mm = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
+            except (OSError, ValueError):
+                self._mm = None  # e.g. /proc/vmcore without mmap support: fall back to pread
+
+    def view(self, offset: int, length: int) -> Buffer:
+        self._check(offset, length)
+        if self._mm is not None:
+            return memoryview(self._mm)[offset:offset + length]
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise TruncatedDumpError(f"short read of {length} bytes at {offset} in {self.name}", offset + len(data))
+        return data
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        if self._mm is not None:
+            return self._mm[offset:offset + length]
+        return bytes(self.view(offset, length))
+
+    def close(self) -> None:
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                pass  # a caller still holds a view; the OS unmaps at exit
+            self._mm = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class BytesSource(ByteSource):
+    """An in-memory file, for tests and small conversions."""
+
+    def __init__(self, data: bytes, name: str = "<memory>") -> None:
+        self._data = data
+        self.name = name
+        self.size = len(data)
+
+    def view(self, offset: int, length: int) -> Buffer:
+        self._check(offset, length)
+        return memoryview(self._data)[offset:offset + length]
