@@ -61,7 +61,7 @@ class Struct:
             where = file_offset if file_offset is not None else offset
             raise TruncatedDumpError(f"{self.name} needs {self.size} bytes", where + max(len(buf) - offset, 0))
         values = self._struct.unpack_from(buf, offset)
-        return Record(zip(self._names, values))
+        return Record(zip(self._names, values, strict=True))
 
     def pack(self, values: Mapping[str, Any] | None = None, **kw: Any) -> bytes:
         """Pack a record; fields not given are zero (or empty bytes)."""

@@ -1,0 +1,58 @@
+"""``kdumpkit convert IN OUT --format FMT [-c|-l|-p|-z]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from kdumpkit.cli.progress import print_json, progress_reporter
+from kdumpkit.dump import open_dump
+from kdumpkit.dump.codecs import OPTION_CODECS
+from kdumpkit.dump.convert import WRITE_FORMATS, convert
+
+EXIT_INCOMPLETE = 3
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("convert", help="convert a dump into another format (elf, kdump, flat, raw, lime)")
+    p.add_argument("input", nargs="+", help="input dump (several files for a --split set), then OUT")
+    p.add_argument("--format", "-f", required=True, choices=WRITE_FORMATS, help="output format")
+    p.add_argument("--input-format", help="force the input format")
+    codec = p.add_mutually_exclusive_group()
+    for letter, name in OPTION_CODECS.items():
+        codec.add_argument(f"-{letter}", dest="codec", action="store_const", const=name, help=f"{name} pages (kdump/flat)")
+    codec.add_argument("--no-compress", dest="codec", action="store_const", const="none", help="raw pages (kdump/flat)")
+    p.add_argument("--exclude-zero", action="store_true", help="drop all-zero pages (dump level bit 1)")
+    p.add_argument("--elf32", action="store_true", help="write ELF32 (memory below 4 GiB only)")
+    p.add_argument("--num-threads", type=int, default=1, help="compression workers")
+    p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.add_argument("--json", action="store_true", help="JSON progress events and result")
+    p.set_defaults(func=run, codec=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    if len(args.input) < 2:
+        from kdumpkit.errors import UsageError
+
+        raise UsageError("convert needs IN and OUT")
+    *inputs, out = args.input
+    codec = args.codec or "zlib"
+    with open_dump(inputs, format=args.input_format) as src, \
+            progress_reporter("convert", json_events=args.json) as progress:
+        stats = convert(src, out, args.format, force=args.force, codec=None if codec == "none" else codec,
+                        exclude_zero=args.exclude_zero, elf_class=32 if args.elf32 else 64, progress=progress,
+                        workers=args.num_threads)
+        incomplete = src.incomplete
+    result = {"output": out, "format": stats.format, "pages_written": stats.pages_written,
+              "zero_pages": stats.zero_pages, "excluded_pages": stats.excluded_pages,
+              "bytes_written": stats.bytes_written, "incomplete": incomplete, **stats.extra}
+    if args.json:
+        print_json(result)
+    elif out != "-":
+        print(f"{out}: {stats.format}, {stats.pages_written} pages written, {stats.excluded_pages} excluded, "
+              f"{stats.bytes_written} bytes", file=sys.stderr)
+    if incomplete:
+        print("kdumpkit: warning: the input is incomplete; the output is flagged incomplete", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return 0
