@@ -262,6 +262,7 @@ def write_elf(source: Dump, sink: Sink, *, elf_class: int = 64, exclude_zero: bo
                 progress(done, total)
     if total == 0 and data_off > note_off + len(note_blob):
         sink.pwrite(data_off - 1, b"\0")
-    sink.pwrite(0, ehdr_s.pack(ehdr_s.unpack(ehdr), e_flags=0))
+    # A source that lacks pages stays flagged: its missing pages are not "excluded".
+    sink.pwrite(0, ehdr_s.pack(ehdr_s.unpack(ehdr), e_flags=DUMP_ELF_INCOMPLETE if source.incomplete else 0))
     return WriteStats("elf", pages_written=total, zero_pages=zero_pages,
                       excluded_pages=sum(e - s for s, e in ram) - total, bytes_written=off)
