@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks: kdumpkit vs makedumpfile on the same input, in one run.
+
+Each case runs both commands on the same input file, one after the other,
+after dropping nothing and warming the page cache with one read of the input
+(so neither pays the first read).  For each command it records wall time,
+CPU time, peak RSS (``wait4`` rusage of that child only) and output size, and
+writes the ratios to ``bench/RESULTS.md``.
+
+Inputs: the lab's real ELF vmcore (``kdumpkit.lab.reference``), and with
+``--synthetic-gib N`` a large synthetic sparse ELF (a realistic mix of zero,
+compressible and random pages).  Timings are never pass/fail: this only reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KDUMPKIT = [sys.executable, "-m", "kdumpkit.cli.main"]
+
+
+@dataclass
+class Measure:
+    wall: float
+    cpu: float
+    rss_mib: float
+    out_bytes: int
+    rc: int
+
+
+def measure(cmd: list[str], outputs: list[Path]) -> Measure:
+    for o in outputs:
+        if o.exists():
+            o.unlink()
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
+    rc = os.waitstatus_to_exitcode(status)
+    if rc != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        print(f"  ! {' '.join(cmd)} exited {rc}: {err.strip()[-300:]}", file=sys.stderr)
+    size = sum(o.stat().st_size for o in outputs if o.exists())
+    return Measure(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, size, rc)
+
+
+def warm(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def synthetic_elf(gib: float, path: Path) -> None:
+    from kdumpkit.dump.elf import write_elf
+    from kdumpkit.dump.sink import FileSink
+    from kdumpkit.dump.testing import synthetic_dump
+
+    pages = int(gib * (1 << 30) // 4096)
+    src = synthetic_dump(ram=[(256, pages)], zero_fraction=0.55, random_fraction=0.05, seed=1)
+    with FileSink(str(path), overwrite=True) as sink:
+        write_elf(src, sink)
+
+
+def cases(vmcore: Path, tmp: Path, workers: list[int]) -> list[tuple[str, list[str], list[str], list[Path], list[Path]]]:
+    ours, theirs = tmp / "ours.out", tmp / "theirs.out"
+    out: list[tuple[str, list[str], list[str], list[Path], list[Path]]] = []
+    for level_opts, label in ((["-d", "0"], "d0"), (["-d", "31"], "d31")):
+        for codec in ("c", "l", "z"):
+            for n in workers:
+                if label == "d31":
+                    our_cmd = [*KDUMPKIT, "save", *level_opts, f"-{codec}", "--num-threads", str(n), str(vmcore), str(ours)]
+                else:
+                    our_cmd = [*KDUMPKIT, "convert", str(vmcore), str(ours), "--format", "kdump", f"-{codec}",
+                               "--num-threads", str(n), "--force"]
+                mdf = ["makedumpfile", *level_opts, f"-{codec}", str(vmcore), str(theirs)]
+                if n > 1:
+                    mdf[1:1] = ["--num-threads", str(n)]
+                out.append((f"ELF→kdump {label} -{codec} {n}w", our_cmd, mdf, [ours], [theirs]))
+    out.append(("dmesg", [*KDUMPKIT, "dmesg", str(vmcore), "-o", str(ours)],
+                ["makedumpfile", "--dump-dmesg", str(vmcore), str(theirs)], [ours], [theirs]))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--vmcore", help="ELF vmcore (default: the lab's bookworm reference dump)")
+    ap.add_argument("--synthetic-gib", type=float, default=0, help="also run on a synthetic ELF of this size")
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--only", help="substring filter on case names")
+    ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    args = ap.parse_args()
+    if not shutil.which("makedumpfile"):
+        print("makedumpfile is not installed (make bootstrap)", file=sys.stderr)
+        return 2
+    inputs: list[tuple[str, Path]] = []
+    if args.vmcore:
+        inputs.append(("given vmcore", Path(args.vmcore)))
+    else:
+        from kdumpkit.lab.reference import reference_set
+
+        ref = reference_set("bookworm")
+        inputs.append((f"lab bookworm {ref.release}", Path(ref.vmcore)))
+    tmpdir = Path(tempfile.mkdtemp(prefix="kdumpkit-bench-", dir=os.environ.get("KDUMPKIT_BENCH_TMP")))
+    if args.synthetic_gib:
+        syn = tmpdir / "synthetic.elf"
+        synthetic_elf(args.synthetic_gib, syn)
+        inputs.append((f"synthetic {args.synthetic_gib:g} GiB", syn))
+    workers = [int(w) for w in args.workers.split(",")]
+    lines = [f"## {time.strftime('%Y-%m-%d %H:%M')} — {platform.node()}, {os.cpu_count()} CPUs, "
+             f"{platform.python_implementation()} {platform.python_version()}", ""]
+    try:
+        for label, vmcore in inputs:
+            warm(vmcore)
+            size_mb = vmcore.stat().st_size / 1e6
+            lines += [f"### {label} ({size_mb:.0f} MB ELF)", "",
+                      "| case | kdumpkit s | makedumpfile s | time ratio (mdf/ours) | kdumpkit MB | mdf MB | size ratio | "
+                      "kdumpkit RSS MiB | mdf RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
+            for name, ours_cmd, mdf_cmd, o1, o2 in cases(vmcore, tmpdir, workers):
+                if args.only and args.only not in name:
+                    continue
+                a = measure(ours_cmd, o1)
+                b = measure(mdf_cmd, o2)
+                ratio = b.wall / a.wall if a.wall else float("nan")
+                sratio = a.out_bytes / b.out_bytes if b.out_bytes else float("nan")
+                flag = "" if a.rc == 0 and b.rc == 0 else f" (rc {a.rc}/{b.rc})"
+                row = (f"| {name}{flag} | {a.wall:.2f} | {b.wall:.2f} | {ratio:.2f}× | {a.out_bytes / 1e6:.1f} | "
+                       f"{b.out_bytes / 1e6:.1f} | {sratio:.3f} | {a.rss_mib:.0f} | {b.rss_mib:.0f} |")
+                print(row, flush=True)
+                lines.append(row)
+            lines.append("")
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    res = Path(args.results)
+    old = res.read_text() if res.exists() else "# Benchmarks: kdumpkit vs makedumpfile\n\nProduced by `make bench` (bench/run.py).\n\n"
+    res.write_text(old + "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
