@@ -95,5 +95,6 @@ def kernel_memory(dump: Dump, vmcoreinfo: VmcoreInfo | None = None) -> KernelMem
             except KdumpkitError:  # an optional hook must never break opening the kernel
                 b = None
             base = b if isinstance(b, int) else None
-        return X86_64Memory(lambda pa, n: dump.read(pa, n), info, direct_map_base=base, page_size=dump.page_size)
+        return X86_64Memory(lambda pa, n: dump.read(pa, n), info, direct_map_base=base, page_size=dump.page_size,
+                            max_phys=dump.max_pfn * dump.page_size)
     raise UnsupportedError(f"kernel address translation for {arch or 'unknown architecture'}")

@@ -73,6 +73,7 @@ class X86_64Memory(KernelMemory):
         direct_map_base: int | None = None,
         phys_base: int | None = None,
         page_size: int | None = None,
+        max_phys: int | None = None,
     ) -> None:
         super().__init__(read_phys, vmcoreinfo)
         info = vmcoreinfo
@@ -101,6 +102,9 @@ class X86_64Memory(KernelMemory):
         self.root_va: int = root_va
         self.root: int = self._text_to_phys(root_va)
         self._direct_map_base: int | None = direct_map_base
+        # The direct map covers RAM only; vmalloc may start right after it
+        # (KASLR), so without the top of RAM the linear rule is not used.
+        self.max_phys: int | None = max_phys
         self._direct_map_tried = direct_map_base is not None
         self._vmemmap_base: int | None = None
         self._vmemmap_tried = False
@@ -182,10 +186,15 @@ class X86_64Memory(KernelMemory):
     def to_phys(self, va: int) -> int:
         if self.is_kernel_text(va):
             return self._text_to_phys(va)
-        base = self.direct_map_base
-        if base is not None and base <= va < base + _DIRECT_MAP_SPAN[self.mode.levels]:
-            return va - base
+        if self._in_direct_map(va):
+            return va - (self.direct_map_base or 0)
         return self.vtop(va).pa
+
+    def _in_direct_map(self, va: int) -> bool:
+        base = self.direct_map_base
+        if base is None or self.max_phys is None:
+            return False
+        return base <= va < base + min(self.max_phys, _DIRECT_MAP_SPAN[self.mode.levels])
 
     def vtop(self, va: int) -> Translation:
         return walk(self.mode, self.root, va, self.read_phys, clear_mask=self.sme_mask)
@@ -194,7 +203,6 @@ class X86_64Memory(KernelMemory):
         """Which linear rule (if any) applies to ``va``: for ``vtop`` output."""
         if self.is_kernel_text(va):
             return "kernel text"
-        base = self.direct_map_base
-        if base is not None and base <= va < base + _DIRECT_MAP_SPAN[self.mode.levels]:
+        if self._in_direct_map(va):
             return "direct map"
         return "page tables"
