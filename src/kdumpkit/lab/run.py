@@ -1,0 +1,205 @@
+"""One lab cycle: boot, prepare, crash, capture, extract.
+
+``run()`` is what ``kdumpkit lab run`` and the reference set call.  It boots
+the chosen kernel in QEMU with three sparse virtio disks (``vda`` workload
+page cache, ``vdb`` raw ``/proc/vmcore``, ``vdc`` makedumpfile flattened
+output), watches the console for the guest's markers, and writes the results
+into ``out``.  Anything that goes wrong is a :class:`LabError` naming the
+console log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kdumpkit.errors import LabError
+from kdumpkit.lab import console, extract
+from kdumpkit.lab.cache import LAB_FORMAT_VERSION
+from kdumpkit.lab.initramfs import build as build_initramfs
+from kdumpkit.lab.kernels import Kernel
+from kdumpkit.lab.kernels import get as get_kernel
+from kdumpkit.lab.qemu import VM, VMConfig, choose_accel
+
+SCENARIOS = ("sysrq", "oops", "nmi", "softlockup", "panic_on_oom")
+CAPTURES = ("makedumpfile", "raw")
+WORKLOAD_DISK_MB = 64
+
+
+@dataclass
+class RunResult:
+    """Where a run's outputs are, and what it measured."""
+
+    out: Path
+    kernel: str
+    package_version: str
+    release: str
+    scenario: str
+    capture: str
+    accel: str
+    mem_mb: int
+    crashkernel: str
+    timings: dict[str, float] = field(default_factory=dict)
+    vmcore_size: int = 0
+    flat_size: int | None = None
+    lab_format: int = LAB_FORMAT_VERSION
+
+    @property
+    def vmcore(self) -> Path:
+        return self.out / "vmcore"
+
+    @property
+    def flat(self) -> Path | None:
+        return self.out / "dump.flat" if self.flat_size is not None else None
+
+    @property
+    def console_log(self) -> Path:
+        return self.out / "console.log"
+
+    @property
+    def dmesg(self) -> Path:
+        return self.out / "dmesg.txt"
+
+    @property
+    def meminfo(self) -> Path:
+        return self.out / "meminfo.txt"
+
+    def to_json(self) -> dict[str, object]:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        return d
+
+    @classmethod
+    def load(cls, out: Path) -> RunResult:
+        d = json.loads((out / "run.json").read_text())
+        d["out"] = out
+        return cls(**d)
+
+
+def parse_crashkernel_mb(value: str) -> int:
+    m = re.fullmatch(r"(\d+)([MG])", value.strip().upper())
+    if not m:
+        raise LabError(f"crashkernel must look like 256M or 1G, not {value!r}")
+    return int(m.group(1)) * (1024 if m.group(2) == "G" else 1)
+
+
+def _sparse_disk(path: Path, size_mb: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size_mb << 20)
+
+
+def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_mb: int = 1024,
+        crashkernel: str = "256M", scenario: str = "sysrq", capture: str = "makedumpfile",
+        timeout: float = 600, accel: str = "auto", smp: int = 2, echo: bool = False) -> RunResult:
+    """Run one crash cycle and write its outputs into ``out``.
+
+    Outputs: ``vmcore`` (ELF copy of /proc/vmcore), ``dump.flat`` (makedumpfile
+    ``-F -c -d 31`` run in the capture kernel), ``console.log``, ``dmesg.txt``
+    and ``meminfo.txt`` (ground truth printed by the first kernel right before
+    the crash) and ``run.json``.
+    """
+    if scenario not in SCENARIOS:
+        raise LabError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    if capture not in CAPTURES:
+        raise LabError(f"unknown capture {capture!r}; known: {', '.join(CAPTURES)}")
+    ck_mb = parse_crashkernel_mb(crashkernel)
+    if ck_mb >= mem_mb:
+        raise LabError(f"crashkernel={crashkernel} does not fit in {mem_mb} MiB")
+    k = kernel if isinstance(kernel, Kernel) else get_kernel(kernel)
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    for name in ("vmcore", "dump.flat", "dmesg.txt", "meminfo.txt", "run.json"):
+        (outdir / name).unlink(missing_ok=True)
+    log = outdir / "console.log"
+    accel_used = choose_accel(accel)
+    extra_modules: list[str] = []
+    extra_files: dict[str, Path] = {}
+    if scenario in ("oops", "softlockup"):
+        from kdumpkit.lab.crashmod import crash_module
+
+        extra_files["lib/modules/lab/kdumpkit_lab_crash.ko"] = crash_module(k)
+
+    with tempfile.TemporaryDirectory(prefix="kdumpkit-lab-") as tmp:
+        work = Path(tmp)
+        images = build_initramfs(k, work, extra_modules, extra_files)
+        disks = [work / "workload.img", work / "raw.img", work / "flat.img"]
+        _sparse_disk(disks[0], WORKLOAD_DISK_MB)
+        _sparse_disk(disks[1], mem_mb + 64)
+        _sparse_disk(disks[2], mem_mb + 64)
+        cmdline = (f"console=ttyS0 crashkernel={crashkernel} panic=1 rdinit=/init "
+                   f"kdumpkit_lab.scenario={scenario} kdumpkit_lab.capture={capture} kdumpkit_lab.mem_mb={mem_mb}")
+        if scenario == "softlockup":
+            cmdline += " softlockup_panic=1"
+        vm = VM(VMConfig(k.vmlinuz, images.initrd, cmdline, mem_mb, disks, accel_used, smp), log)
+        if echo:
+            vm.on_line = lambda ln: print(f"[{ln.t:7.2f}] {ln.text}", flush=True)
+        vm.start(work)
+        try:
+            info = _watch(vm, timeout, log)
+        finally:
+            vm.kill()
+        lines = vm.lines
+        t_extract = time.monotonic()
+        expected = int(info["vmcore-size"]) if "vmcore-size" in info else None
+        vmcore_size = extract.extract_elf(disks[1], outdir / "vmcore", expected)
+        flat_size = extract.extract_flat(disks[2], outdir / "dump.flat") if capture == "makedumpfile" else None
+        timings = console.phase_times(lines)
+        timings["extract"] = round(time.monotonic() - t_extract, 2)
+        timings["total"] = round(lines[-1].t if lines else 0.0, 2)
+
+    texts = [ln.text for ln in lines]
+    dmesg = console.block(texts, "dmesg")
+    meminfo = console.block(texts, "meminfo")
+    if dmesg is None or meminfo is None:
+        raise LabError("ground truth (dmesg/meminfo) missing from the console", str(log))
+    (outdir / "dmesg.txt").write_text(dmesg)
+    (outdir / "meminfo.txt").write_text(meminfo)
+    result = RunResult(outdir, k.name, k.package_version, info.get("release", ""), scenario, capture,
+                       accel_used, mem_mb, crashkernel, timings, vmcore_size, flat_size)
+    (outdir / "run.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return result
+
+
+def _watch(vm: VM, timeout: float, log: Path) -> dict[str, str]:
+    """Follow the console until the capture is done; the markers' key/values."""
+    info: dict[str, str] = {}
+    seen = 0
+    nmi_sent = False
+    while True:
+        for ln in vm.wait_lines(seen, 0.5):
+            seen += 1
+            m = console.marker(ln.text)
+            if not m:
+                continue
+            if "fail" in m:
+                raise LabError(f"guest: {m['fail']}", str(log))
+            if m.get("phase") == "boot-done" and "release" in m:
+                info["release"] = m["release"]
+            if m.get("request") == "nmi" and not nmi_sent:
+                time.sleep(1)
+                vm.qmp("inject-nmi")
+                nmi_sent = True
+            for k, v in m.items():
+                info.setdefault(k, v) if k != "phase" else None
+            if m.get("phase") == "capture-done":
+                rc = vm.finish(30)
+                if rc != 0:
+                    raise LabError(f"QEMU exited with {rc} after the capture", str(log))
+                return info
+        if not vm.running() and len(vm.lines) <= seen:
+            vm.finish(5)
+            raise LabError(f"guest stopped before the capture finished (last phase: {console.last_phase(vm.lines)})",
+                           str(log))
+        if vm.elapsed() > timeout:
+            raise LabError(f"timed out after {timeout:.0f}s (last phase: {console.last_phase(vm.lines)})", str(log))
+
+
+def copy_run(src: Path, dst: Path) -> None:
+    """Copy a run's outputs (sparse files stay sparse with cp)."""
+    shutil.copytree(src, dst, dirs_exist_ok=True)
