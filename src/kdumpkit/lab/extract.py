@@ -32,7 +32,7 @@ def elf_size(head: bytes) -> int:
     end = phoff + phnum * phentsize
     if phnum == 0 or end > len(head):
         raise LabError(f"ELF program headers ({phnum} at {phoff}) do not fit in the header block")
-    size = end
+    size: int = end
     for i in range(phnum):
         _type, _flags, off, _va, _pa, filesz = struct.unpack_from("<IIQQQQ", head, phoff + i * phentsize)
         size = max(size, int(off) + int(filesz))
