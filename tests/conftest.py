@@ -1,0 +1,48 @@
+"""Shared fixtures: the lab's reference crash dumps.
+
+``ref_bookworm`` is one real bookworm crash (SysRq-c, 1 GiB guest,
+crashkernel=256M), built once by :func:`kdumpkit.lab.reference.reference_set`
+and cached under ``${KDUMPKIT_CACHE:-~/.cache/kdumpkit}/lab``; the first use on
+a fresh machine boots QEMU for about a minute (TCG).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from kdumpkit.lab.reference import ReferenceSet
+
+
+def qemu_missing_reason() -> str | None:
+    """Why a lab test cannot boot a guest here, or None if it can."""
+    for tool in ("qemu-system-x86_64", "busybox", "kexec", "makedumpfile", "apt-get", "dpkg"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (make apt installs the lab's tools)"
+    return None
+
+
+def require_qemu() -> None:
+    """Skip the calling test with a visible reason when the lab cannot run."""
+    reason = qemu_missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def _reference(kernel: str) -> ReferenceSet:
+    from kdumpkit.errors import LabError
+    from kdumpkit.lab.reference import reference_set
+
+    try:
+        return reference_set(kernel, build=False)
+    except LabError:
+        pass
+    require_qemu()
+    return reference_set(kernel)
+
+
+@pytest.fixture(scope="session")
+def ref_bookworm() -> ReferenceSet:
+    """The cached bookworm reference crash (built on first use)."""
+    return _reference("bookworm")
