@@ -243,3 +243,8 @@ def test_plain_and_json_formats() -> None:
     json.dumps(j)
     assert j["records"] == [{"seq": 0, "ts_nsec": 1_234_567_000, "level": 4, "facility": 0, "caller": "T77",
                              "text": "caf\u00e9"}]
+
+
+def test_plain_format_prefixes_every_line_like_dmesg() -> None:
+    recs = [PrintkRecord(b"If you want:\n  \"trace_clock=local\"", ts_nsec=3_544_568_000)]
+    assert format_plain(recs) == '[    3.544568] If you want:\n[    3.544568]   "trace_clock=local"\n'

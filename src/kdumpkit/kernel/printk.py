@@ -417,16 +417,20 @@ def format_makedumpfile(log: PrintkLog | Iterable[PrintkRecord], arch: str = "x8
 
 
 def format_plain(log: PrintkLog | Iterable[PrintkRecord]) -> str:
-    """``dmesg``-like text: ``[seconds.micros] message`` lines, UTF-8 decoded."""
+    """``dmesg``-like text: ``[seconds.micros] message`` lines, UTF-8 decoded.
+
+    Like dmesg(1), each line of a multi-line record gets the record's prefix.
+    """
     if isinstance(log, PrintkLog) and log.format == "plain":
         return (log.raw or b"").decode("utf-8", "replace")
     lines = []
     for rec in _records_of(log):
         text = rec.text.decode("utf-8", "replace")
         if rec.ts_nsec is None:
-            lines.append(text)
+            prefix = ""
         else:
-            lines.append(f"[{rec.ts_nsec // 1_000_000_000:5d}.{(rec.ts_nsec % 1_000_000_000) // 1000:06d}] {text}")
+            prefix = f"[{rec.ts_nsec // 1_000_000_000:5d}.{(rec.ts_nsec % 1_000_000_000) // 1000:06d}] "
+        lines += [prefix + part for part in text.split("\n")]
     return "".join(line + "\n" for line in lines)
 
 
