@@ -247,6 +247,75 @@ def synthetic_dump(
     )
 
 
+# -- a synthetic x86_64 dump that makedumpfile itself accepts (dump levels 0 and 1) --------------
+
+MAKEDUMPFILE_UTSNAME = {
+    "sysname": "Linux",
+    "nodename": "synthetic",
+    "release": "6.1.0-synthetic",
+    "version": "#1 SMP PREEMPT_DYNAMIC kdumpkit",
+    "machine": "x86_64",
+    "domainname": "(none)",
+}
+_START_KERNEL_MAP = 0xFFFFFFFF80000000
+_PFN_UTS, _PFN_MEM_MAP, _PFN_PGD, _PFN_PUD, _PFN_PMD = 16, 17, 20, 21, 22
+
+
+def _table_page(index: int, value: int) -> bytes:
+    b = bytearray(4096)
+    struct.pack_into("<Q", b, index * 8, value)
+    return bytes(b)
+
+
+def makedumpfile_ready_dump(
+    ram: Iterable[tuple[int, int]] = ((0, 256), (512, 1024)),
+    excluded: Iterable[tuple[int, int]] = (),
+    *,
+    seed: int = 0,
+    ncpus: int = 2,
+    zero_fraction: float = 0.2,
+    random_fraction: float = 0.1,
+) -> SyntheticDump:
+    """A synthetic x86_64 dump that makedumpfile 1.7 accepts as ELF input at ``-d 0``/``-d 1``.
+
+    makedumpfile reads ``init_uts_ns`` from memory (and checks its release
+    against VMCOREINFO), so pfn 16 holds a ``new_utsname`` with
+    :data:`MAKEDUMPFILE_UTSNAME`, pfns 20–22 hold a page table mapping the
+    kernel text at ``0xffffffff80000000`` to physical 0 with one 2 MiB page,
+    and VMCOREINFO names them plus the FLATMEM ``struct page`` facts
+    makedumpfile insists on.  Pfns 16–22 must be in ``ram`` and not excluded.
+    Pass ``utsname=MAKEDUMPFILE_UTSNAME`` to our writer for byte-equal output.
+    """
+    uts = b"".join(MAKEDUMPFILE_UTSNAME[f].encode().ljust(65, b"\0") for f in
+                   ("sysname", "nodename", "release", "version", "machine", "domainname"))
+    pages = {
+        _PFN_UTS: uts.ljust(4096, b"\0"),
+        _PFN_MEM_MAP: _table_page(0, 0xFFFFEA0000000000),
+        _PFN_PGD: _table_page(511, (_PFN_PUD << 12) | 0x63),
+        _PFN_PUD: _table_page(510, (_PFN_PMD << 12) | 0x63),
+        _PFN_PMD: _table_page(0, 0x83),  # 2 MiB page at physical 0
+    }
+    vmci = default_vmcoreinfo(4096, MAKEDUMPFILE_UTSNAME["release"]) + "".join(
+        f"{line}\n"
+        for line in (
+            f"SYMBOL(init_uts_ns)={_START_KERNEL_MAP + (_PFN_UTS << 12):x}",
+            "OFFSET(uts_namespace.name)=0",
+            f"SYMBOL(init_top_pgt)={_START_KERNEL_MAP + (_PFN_PGD << 12):x}",
+            f"SYMBOL(mem_map)={_START_KERNEL_MAP + (_PFN_MEM_MAP << 12):x}",
+            "SIZE(page)=64",
+            "OFFSET(page.flags)=0",
+            "OFFSET(page._refcount)=52",
+            "OFFSET(page.mapping)=24",
+            "OFFSET(page.lru)=8",
+            "OFFSET(page._mapcount)=48",
+            "OFFSET(page.private)=40",
+            "OFFSET(page.compound_head)=8",
+        )
+    )
+    return synthetic_dump(ram=ram, excluded=excluded, vmcoreinfo=vmci, ncpus=ncpus, seed=seed, pages=pages,
+                          zero_fraction=zero_fraction, random_fraction=random_fraction)
+
+
 def assert_same_pages(a: Dump, b: Dump, *, check_ram: bool = True) -> None:
     """Raise AssertionError unless ``a`` and ``b`` hold the same dumped pages.
 
