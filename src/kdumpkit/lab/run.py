@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -96,13 +97,15 @@ def _sparse_disk(path: Path, size_mb: int) -> None:
 
 def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_mb: int = 1024,
         crashkernel: str = "256M", scenario: str = "sysrq", capture: str = "makedumpfile",
-        timeout: float = 600, accel: str = "auto", smp: int = 2, echo: bool = False) -> RunResult:
+        timeout: float = 600, accel: str = "auto", smp: int = 2,
+        on_line: Callable[[console.Line], None] | None = None) -> RunResult:
     """Run one crash cycle and write its outputs into ``out``.
 
     Outputs: ``vmcore`` (ELF copy of /proc/vmcore), ``dump.flat`` (makedumpfile
     ``-F -c -d 31`` run in the capture kernel), ``console.log``, ``dmesg.txt``
     and ``meminfo.txt`` (ground truth printed by the first kernel right before
-    the crash) and ``run.json``.
+    the crash) and ``run.json``.  ``on_line`` sees each console line as it
+    arrives (for live output).
     """
     if scenario not in SCENARIOS:
         raise LabError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -137,8 +140,7 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
         if scenario == "softlockup":
             cmdline += " softlockup_panic=1"
         vm = VM(VMConfig(k.vmlinuz, images.initrd, cmdline, mem_mb, disks, accel_used, smp), log)
-        if echo:
-            vm.on_line = lambda ln: print(f"[{ln.t:7.2f}] {ln.text}", flush=True)
+        vm.on_line = on_line
         vm.start(work)
         try:
             info = _watch(vm, timeout, log)
