@@ -1,0 +1,307 @@
+"""The kdumpkit configuration (TOML): where dumps go, how they are filtered, what happens after.
+
+kdump.conf allows one target plus a ``failure_action``; here ``[[target]]``
+entries form a fallback chain tried in order (ssh → nfs → local → raw, or
+whatever order the admin writes).  Everything is validated when loaded, in the
+running system, so a typo is reported by ``kdumpkit`` at setup time and not
+discovered inside the capture kernel after a crash.
+
+Example::
+
+    dump_level = "11,31"        # or 31, or [11, 31]: next level on ENOSPC
+    codec = "lzo"               # zlib | lzo | snappy | zstd | none
+    format = "kdump"            # kdump | elf (network and raw targets always stream flattened)
+    final_action = "reboot"     # reboot | halt | poweroff | shell
+    failure_action = "reboot"   # reboot | halt | poweroff | shell | dump_to_rootfs
+
+    [[target]]
+    type = "ssh"
+    destination = "kdump@backup.example.org"
+    path = "/var/crash"
+    key = "/root/.ssh/kdump_id_ed25519"
+
+    [[target]]
+    type = "local"
+    path = "/var/crash"
+
+    [keep]
+    count = 5
+    age_days = 30
+    size = "20G"
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdumpkit.errors import ConfigError
+
+CODECS = ("zlib", "lzo", "snappy", "zstd", "none")
+FORMATS = ("kdump", "elf")
+FINAL_ACTIONS = ("reboot", "halt", "poweroff", "shell")
+FAILURE_ACTIONS = (*FINAL_ACTIONS, "dump_to_rootfs")
+TARGET_TYPES = ("local", "raw", "ssh", "nfs")
+DEFAULT_PATH = "/var/crash"
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_DEST_RE = re.compile(r"^(?:([A-Za-z0-9._-]+)@)?([A-Za-z0-9._:\[\]-]+)$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One place a dump can go.  Only the fields of its ``type`` are meaningful."""
+
+    type: str
+    path: str = DEFAULT_PATH  # local dir; ssh remote dir; nfs dir under the mount
+    device: str = ""  # raw
+    user: str = ""  # ssh
+    host: str = ""  # ssh
+    port: int = 22  # ssh
+    key: str = ""  # ssh private key (never copied into manifests)
+    connect_timeout: int = 10  # ssh, seconds
+    ssh_options: tuple[str, ...] = ()
+    remote_command: str = "kdumpkit receive"  # ssh: what the key is restricted to
+    server: str = ""  # nfs "host:/export"
+    mount_options: str = ""  # nfs
+
+    def describe(self) -> str:
+        """A one-line name without secrets (keys are files, never printed contents)."""
+        if self.type == "local":
+            return f"local:{self.path}"
+        if self.type == "raw":
+            return f"raw:{self.device}"
+        if self.type == "ssh":
+            who = f"{self.user}@" if self.user else ""
+            return f"ssh:{who}{self.host}:{self.path}"
+        return f"nfs:{self.server}:{self.path}"
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Retention per target directory: any limit that is set applies (0 = unlimited)."""
+
+    count: int = 0
+    age_days: float = 0.0
+    size: int = 0  # bytes
+
+    @property
+    def active(self) -> bool:
+        return bool(self.count or self.age_days or self.size)
+
+
+@dataclass(frozen=True)
+class Config:
+    targets: tuple[Target, ...] = (Target("local"),)
+    dump_levels: tuple[int, ...] = (31,)
+    codec: str = "lzo"
+    format: str = "kdump"
+    final_action: str = "reboot"
+    failure_action: str = "reboot"
+    rootfs_path: str = DEFAULT_PATH
+    num_threads: int = 0  # 0: one per online CPU
+    dmesg: bool = True
+    selfcheck: bool = True
+    keep: Keep = field(default_factory=Keep)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def codec_or_none(self) -> str | None:
+        return None if self.codec == "none" else self.codec
+
+
+def parse_dump_levels(value: object, where: str = "dump_level") -> tuple[int, ...]:
+    """``31``, ``"11,31"`` or ``[11, 31]`` → ``(11, 31)``; each level 0..31."""
+    items: list[object]
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a level 0-31 or a list, not {value!r}")
+    if isinstance(value, int):
+        items = [value]
+    elif isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, list):
+        items = list(value)
+    else:
+        raise ConfigError(f"{where}: expected a level 0-31 or a list, not {value!r}")
+    if not items:
+        raise ConfigError(f"{where}: no dump level given")
+    levels: list[int] = []
+    for item in items:
+        try:
+            level = int(item) if not isinstance(item, bool) else -1  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {item!r} is not a dump level (0-31)") from None
+        if not 0 <= level <= 31:
+            raise ConfigError(f"{where}: dump level {level} is outside 0-31")
+        levels.append(level)
+    return tuple(levels)
+
+
+def parse_size(value: object, where: str) -> int:
+    """Bytes from ``1048576``, ``"512M"``, ``"20G"``, ``"1.5GiB"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a size such as 20G, not {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{where}: size must not be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    raise ConfigError(f"{where}: expected a size such as 20G, not {value!r}")
+
+
+def _take(table: dict[str, Any], key: str, types: type | tuple[type, ...], where: str, default: Any) -> Any:
+    if key not in table:
+        return default
+    value = table.pop(key)
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ConfigError(f"{where}.{key}: expected {_tname(types)}, not {value!r}")
+    if not isinstance(value, types):
+        raise ConfigError(f"{where}.{key}: expected {_tname(types)}, not {value!r}")
+    return value
+
+
+def _tname(types: type | tuple[type, ...]) -> str:
+    ts = types if isinstance(types, tuple) else (types,)
+    return " or ".join(t.__name__ for t in ts)
+
+
+def _choice(value: str, choices: tuple[str, ...], where: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _no_leftovers(table: dict[str, Any], where: str) -> None:
+    if table:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(table))}")
+
+
+def parse_target(raw: object, index: int) -> Target:
+    where = f"target[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    t = dict(raw)
+    kind = _choice(_take(t, "type", str, where, ""), TARGET_TYPES, f"{where}.type")
+    path = _take(t, "path", str, where, DEFAULT_PATH)
+    if not path:
+        raise ConfigError(f"{where}.path: empty")
+    if kind == "local":
+        if not path.startswith("/"):
+            raise ConfigError(f"{where}.path: {path!r} must be absolute")
+        target = Target("local", path=path)
+    elif kind == "raw":
+        device = _take(t, "device", str, where, "")
+        if not device.startswith("/"):
+            raise ConfigError(f"{where}.device: a device path such as /dev/sdb2 is required")
+        target = Target("raw", device=device)
+    elif kind == "ssh":
+        target = _ssh_target(t, where, path)
+    else:
+        server = _take(t, "server", str, where, "")
+        if ":/" not in server:
+            raise ConfigError(f"{where}.server: expected host:/export, not {server!r}")
+        opts = _take(t, "mount_options", str, where, "")
+        target = Target("nfs", path=path, server=server, mount_options=opts)
+    _no_leftovers(t, where)
+    return target
+
+
+def _ssh_target(t: dict[str, Any], where: str, path: str) -> Target:
+    dest = _take(t, "destination", str, where, "")
+    user = _take(t, "user", str, where, "")
+    host = _take(t, "host", str, where, "")
+    if dest:
+        m = _DEST_RE.match(dest)
+        if not m:
+            raise ConfigError(f"{where}.destination: expected user@host, not {dest!r}")
+        user = user or (m.group(1) or "")
+        host = m.group(2)
+    if not host:
+        raise ConfigError(f"{where}: ssh needs destination = \"user@host\" (or host =)")
+    if not path.startswith("/"):
+        raise ConfigError(f"{where}.path: remote path {path!r} must be absolute")
+    port = _take(t, "port", int, where, 22)
+    if not 0 < port < 65536:
+        raise ConfigError(f"{where}.port: {port} is not a TCP port")
+    key = _take(t, "key", str, where, "")
+    if not key:
+        raise ConfigError(f"{where}.key: ssh needs a private key file (BatchMode: no passwords in the capture kernel)")
+    timeout = _take(t, "connect_timeout", int, where, 10)
+    if timeout <= 0:
+        raise ConfigError(f"{where}.connect_timeout: must be positive")
+    options = _take(t, "ssh_options", list, where, [])
+    if not all(isinstance(o, str) for o in options):
+        raise ConfigError(f"{where}.ssh_options: expected a list of strings")
+    remote = _take(t, "remote_command", str, where, "kdumpkit receive")
+    for secret in ("password", "passphrase"):
+        if secret in t:
+            raise ConfigError(f"{where}.{secret}: passwords are not supported; use a key restricted to "
+                              f"'kdumpkit receive' in authorized_keys")
+    return Target("ssh", path=path, user=user, host=host, port=port, key=key, connect_timeout=timeout,
+                  ssh_options=tuple(options), remote_command=remote)
+
+
+def parse_keep(raw: object) -> Keep:
+    if not isinstance(raw, dict):
+        raise ConfigError("keep: expected a table with count, age_days and/or size")
+    t = dict(raw)
+    count = _take(t, "count", int, "keep", 0)
+    age = _take(t, "age_days", (int, float), "keep", 0)
+    size = parse_size(t.pop("size"), "keep.size") if "size" in t else 0
+    if count < 0 or age < 0:
+        raise ConfigError("keep: count and age_days must not be negative")
+    _no_leftovers(t, "keep")
+    return Keep(count=count, age_days=float(age), size=size)
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Validate a decoded TOML document and fill in defaults."""
+    d = dict(data)
+    where = "config"
+    levels = parse_dump_levels(d.pop("dump_level"), "dump_level") if "dump_level" in d else (31,)
+    codec = _choice(_take(d, "codec", str, where, "lzo"), CODECS, "codec")
+    fmt = _choice(_take(d, "format", str, where, "kdump"), FORMATS, "format")
+    final = _choice(_take(d, "final_action", str, where, "reboot"), FINAL_ACTIONS, "final_action")
+    failure = _choice(_take(d, "failure_action", str, where, "reboot"), FAILURE_ACTIONS, "failure_action")
+    rootfs = _take(d, "rootfs_path", str, where, DEFAULT_PATH)
+    threads = _take(d, "num_threads", int, where, 0)
+    if threads < 0:
+        raise ConfigError("num_threads: must not be negative (0 = one per CPU)")
+    dmesg = _take(d, "dmesg", bool, where, True)
+    selfcheck = _take(d, "selfcheck", bool, where, True)
+    raw_targets = d.pop("target", [{"type": "local", "path": DEFAULT_PATH}])
+    if not isinstance(raw_targets, list) or not raw_targets:
+        raise ConfigError("target: expected one or more [[target]] tables")
+    targets = tuple(parse_target(t, i) for i, t in enumerate(raw_targets))
+    keep = parse_keep(d.pop("keep")) if "keep" in d else Keep()
+    extra = _take(d, "extra", dict, where, {})
+    _no_leftovers(d, where)
+    return Config(targets=targets, dump_levels=levels, codec=codec, format=fmt, final_action=final,
+                  failure_action=failure, rootfs_path=rootfs, num_threads=threads, dmesg=dmesg,
+                  selfcheck=selfcheck, keep=keep, extra=extra)
+
+
+def loads_config(text: str, name: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from None
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the TOML file at ``path``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    return loads_config(text, path)
