@@ -145,7 +145,7 @@ def test_structured_wrap(n: int) -> None:
     k = SyntheticKernel(osrelease="5.4.0")
     recs = _recs(n)
     recs[0] = SynthRecord(b"with dict", ts_nsec=5, level=3, facility=1, dict_=b"SUBSYSTEM=pci\0DEVICE=+pci:0000:00:01.0")
-    alive = k.structured_log(recs, buf_len=400)
+    alive = k.structured_log(recs, buf_len=512)
     log = _log(k)
     assert log.format == "structured" and not log.partial
     assert [r.text for r in log.records] == [r.text for r in alive]
@@ -248,3 +248,29 @@ def test_plain_and_json_formats() -> None:
 def test_plain_format_prefixes_every_line_like_dmesg() -> None:
     recs = [PrintkRecord(b"If you want:\n  \"trace_clock=local\"", ts_nsec=3_544_568_000)]
     assert format_plain(recs) == '[    3.544568] If you want:\n[    3.544568]   "trace_clock=local"\n'
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_corruption_never_crashes_or_hangs(seed: int) -> None:
+    """Overwrite random bytes of the ring structures: a log (maybe partial) or a KernelError."""
+    import random
+
+    rnd = random.Random(seed)
+    k = SyntheticKernel(osrelease="5.4.0" if seed % 2 else "6.1.0")
+    if seed % 2:
+        k.structured_log(_recs(30), buf_len=512)
+        targets = [(k.log_buf, 512)] + [(k.symbols[s], 4) for s in ("log_first_idx", "log_next_idx", "log_buf_len")]
+    else:
+        k.lockless_log(_recs(30), count_bits=4, size_bits=9)
+        targets = [(k.prb, 88), (k.prb_descs, 24 * 16), (k.prb_infos, 88 * 16), (k.prb_data, 512)]
+    for _ in range(rnd.randrange(1, 12)):
+        va, n = rnd.choice(targets)
+        off = rnd.randrange(n)
+        k.write_virt(va + off, bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 9))))
+    try:
+        log = get_printk_log(kernel_memory(k.dump()))
+    except KernelError:
+        return
+    format_makedumpfile(log)
+    format_plain(log)
+    json.dumps(format_json(log))

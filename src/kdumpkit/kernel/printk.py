@@ -38,9 +38,9 @@ __all__ = [
 
 # Sanity limits: CONFIG_LOG_BUF_SHIFT is at most 25, log_buf_len= may raise
 # the size further; anything beyond these is a corrupt ring, not a big one.
-_MAX_COUNT_BITS = 28
-_MAX_SIZE_BITS = 32
-_MAX_LOG_BUF_LEN = 1 << 31
+_MAX_COUNT_BITS = 25
+_MAX_SIZE_BITS = 30
+_MAX_LOG_BUF_LEN = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,13 @@ def _lockless_records(mem: KernelMemory, info: VmcoreInfo, log: PrintkLog) -> No
     fac_off = tl_off + 2
     lvl_off = tl_off + 3
 
+    # Garbage ring pointers would make the tolerant reads below zero-fill up
+    # to gigabytes: insist the start of each array is readable.
+    for what, va in (("descriptors", descs_va), ("record infos", infos_va), ("text data", data_va)):
+        try:
+            mem.read_virt(va, 8)
+        except KdumpkitError as e:
+            raise KernelError(f"printk {what} at {va:#x} unreadable: {e}") from None
     descs, bad_descs = _read_tolerant(mem, descs_va, desc_size * count)
     infos, bad_infos = _read_tolerant(mem, infos_va, info_size * count)
     data, bad_data = _read_tolerant(mem, data_va, size)
@@ -262,8 +269,12 @@ def _structured_records(mem: KernelMemory, info: VmcoreInfo, log: PrintkLog) -> 
     buf_len = mem.read_s32(info.require_symbol("log_buf_len"))
     first = mem.read_u32(info.require_symbol("log_first_idx"))
     nxt = mem.read_u32(info.require_symbol("log_next_idx"))
-    if not 0 < buf_len <= _MAX_LOG_BUF_LEN:
+    if not 0 < buf_len <= _MAX_LOG_BUF_LEN or buf_len & (buf_len - 1):  # the kernel rounds it to a power of 2
         raise KernelError(f"log_buf_len {buf_len} is impossible")
+    try:
+        mem.read_virt(buf_va, 8)
+    except KdumpkitError as e:
+        raise KernelError(f"log_buf at {buf_va:#x} unreadable: {e}") from None
     buf, bad = _read_tolerant(mem, buf_va, buf_len)
     if bad:
         log.damage(f"log_buf: {sum(e - s for s, e in bad)} of {buf_len} bytes unreadable")
@@ -323,7 +334,7 @@ def _plain_log(mem: KernelMemory, info: VmcoreInfo, log: PrintkLog) -> None:
     # log_end became "unsigned" (from unsigned long) in v2.6.25.
     ver = info.kernel_version()
     log_end = mem.read_ulong(end_sym) if ver is not None and ver < (2, 6, 25) else mem.read_u32(end_sym)
-    if not 0 < buf_len <= _MAX_LOG_BUF_LEN:
+    if not 0 < buf_len <= _MAX_LOG_BUF_LEN or buf_len & (buf_len - 1):  # the kernel rounds it to a power of 2
         raise KernelError(f"log_buf_len {buf_len} is impossible")
     if log_end < buf_len:
         raw, bad = _read_tolerant(mem, buf_va, log_end)
