@@ -44,7 +44,8 @@ def read_live_vmcoreinfo(sysfs: str = "/sys/kernel/vmcoreinfo", kcore: str = "/p
     try:
         fd = os.open(kcore, os.O_RDONLY)
     except OSError as e:
-        raise KernelError(f"cannot open {kcore} to read VMCOREINFO at {paddr:#x}: {e.strerror} (needs root)") from None
+        hint = " (needs root)" if isinstance(e, PermissionError) else ""
+        raise KernelError(f"cannot open {kcore} to read VMCOREINFO at {paddr:#x}: {e.strerror}{hint}") from None
     try:
         phdrs = _phdrs(fd)
         for p_type, off, _vaddr, p_paddr, filesz, _memsz in phdrs:
