@@ -1,0 +1,420 @@
+"""Page classes from ``struct page`` fields, vectorised, the way makedumpfile decides.
+
+makedumpfile's ``__exclude_unnecessary_pages`` (formats.md §5.2) walks pfns
+one by one: tail pages are skipped, the first matching class wins (free,
+cache without private data, any cache, user data, hwpoison, offline,
+unaccepted), and a match on a compound head or a buddy block excludes the
+whole ``2^order`` block and *jumps past it*, so pages inside the block are
+never looked at.  :func:`classify` reproduces that decision for a window of
+pfns with NumPy operations on the raw ``struct page`` array; the only
+sequential part (which block "wins" when blocks overlap) is done on block
+starts, not pages, and only when blocks overlap partially, which consistent
+kernel data never does (buddy blocks and compound pages are aligned).
+
+Every constant comes from VMCOREINFO, because each changed over time
+(formats.md §2.5): ``NUMBER(PG_*)`` are bit numbers but ``PG_head_mask`` is
+a mask; buddy/offline/slab/hugetlb/unaccepted are ``_mapcount`` (page_type)
+values compared for equality — except that from 6.12 the type is the top
+byte and the low 24 bits belong to the owner, recognised by an exported
+value whose low 24 bits are zero; hugetlb is a compound destructor id
+(4.4–6.5), a tail-page flag (6.6–6.8) or a page type (6.9+); slab is a flag
+until 6.10 and a page type after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kdumpkit.errors import KernelError
+from kdumpkit.kernel.vmcoreinfo import VmcoreInfo
+
+__all__ = [
+    "CLASS_NAMES",
+    "CLASS_CACHE",
+    "CLASS_CACHE_PRIVATE",
+    "CLASS_FREE",
+    "CLASS_HWPOISON",
+    "CLASS_NONE",
+    "CLASS_OFFLINE",
+    "CLASS_UNACCEPTED",
+    "CLASS_USER",
+    "Classification",
+    "PageFlagsSpec",
+    "classify",
+    "level_classes",
+]
+
+CLASS_NONE = 0
+CLASS_FREE = 1
+CLASS_CACHE = 2
+CLASS_CACHE_PRIVATE = 3
+CLASS_USER = 4
+CLASS_HWPOISON = 5
+CLASS_OFFLINE = 6
+CLASS_UNACCEPTED = 7
+CLASS_NAMES = {CLASS_FREE: "free", CLASS_CACHE: "cache", CLASS_CACHE_PRIVATE: "cache_private", CLASS_USER: "user",
+               CLASS_HWPOISON: "hwpoison", CLASS_OFFLINE: "offline", CLASS_UNACCEPTED: "unaccepted"}
+
+DL_EXCLUDE_ZERO = 1
+DL_EXCLUDE_CACHE = 2
+DL_EXCLUDE_CACHE_PRI = 4
+DL_EXCLUDE_USER_DATA = 8
+DL_EXCLUDE_FREE = 16
+
+PAGE_MAPPING_ANON = 1
+_PGTY_LOW_MASK = 0x00FF_FFFF
+
+
+def level_classes(dump_level: int) -> set[str]:
+    """Class names ``dump_level`` can exclude (hwpoison and offline always are)."""
+    out = {"hwpoison", "offline"}
+    if dump_level & DL_EXCLUDE_FREE:
+        out |= {"free", "unaccepted"}
+    if dump_level & DL_EXCLUDE_CACHE:
+        out.add("cache")
+    if dump_level & DL_EXCLUDE_CACHE_PRI:
+        out |= {"cache", "cache_private"}
+    if dump_level & DL_EXCLUDE_USER_DATA:
+        out.add("user")
+    return out
+
+
+def _u32(v: int | None) -> int | None:
+    return None if v is None else v & 0xFFFF_FFFF
+
+
+@dataclass(frozen=True)
+class PageFlagsSpec:
+    """Layout of ``struct page`` and the page-class constants of one kernel."""
+
+    size: int
+    off_flags: int
+    off_mapping: int
+    off_mapcount: int | None
+    off_private: int | None
+    off_compound_head: int | None
+    pg_lru: int
+    pg_private: int
+    pg_swapcache: int | None
+    pg_swapbacked: int | None
+    pg_slab: int | None
+    slab_mapcount: int | None
+    pg_hwpoison: int | None
+    head_mask: int
+    buddy_mapcount: int | None
+    pg_buddy: int | None
+    offline_mapcount: int | None
+    unaccepted_mapcount: int | None
+    hugetlb_mapcount: int | None
+    pg_hugetlb: int | None
+    hugetlb_dtor: int | None
+    free_huge_page: int | None
+    tail_order_off: int | None
+    """Offset of the compound order inside the *first tail* page (None: no order)."""
+    tail_order_size: int
+    tail_dtor_off: int | None
+    tail_dtor_size: int
+    max_order: int | None
+    """``LENGTH(zone.free_area)``: number of buddy orders."""
+    byteorder: str = "little"
+
+    @classmethod
+    def from_vmcoreinfo(cls, info: VmcoreInfo, *, byteorder: str = "little") -> PageFlagsSpec:
+        """Read every constant from VMCOREINFO; raise :class:`KernelError` when the basics are missing."""
+        size = info.require_size("page")
+        version = info.kernel_version() or (0, 0, 0)
+
+        def num(name: str) -> int | None:
+            return info.number(name)
+
+        pg_lru = num("PG_lru")
+        pg_private = num("PG_private")
+        head_mask = num("PG_head_mask")
+        if pg_lru is None or pg_private is None:
+            raise KernelError("VMCOREINFO lacks NUMBER(PG_lru)/NUMBER(PG_private): cannot classify pages")
+        off_head = info.offset("page.compound_head")
+        if off_head is None:
+            off_head = info.offset("page.compound_info")  # 7.1 rename
+        # compound order / destructor location in the first tail page, per era
+        order_off: int | None = None
+        order_size = 1
+        dtor_off: int | None = None
+        dtor_size = 1
+        hugetlb_mapcount = num("PAGE_HUGETLB_MAPCOUNT_VALUE")
+        pg_hugetlb = num("PG_hugetlb")
+        if hugetlb_mapcount is not None or pg_hugetlb is not None:
+            order_off = info.offset("page.flags") or 0  # folio._flags_1 & 0xff (6.6+)
+        elif info.offset("folio._folio_order") is not None:
+            fo = info.offset("folio._folio_order")
+            fd = info.offset("folio._folio_dtor")
+            order_off = None if fo is None else fo - size
+            dtor_off = None if fd is None else fd - size
+        else:
+            order_off = info.offset("page.compound_order")
+            dtor_off = info.offset("page.compound_dtor")
+            if version < (4, 16, 0):
+                order_size = 2
+                dtor_size = 2
+            if version < (4, 4, 0):
+                lru = info.offset("page.lru")
+                nxt = info.offset("list_head.next") or 0
+                prv = info.offset("list_head.prev") or 8
+                if order_off is None and lru is not None:
+                    order_off = lru + prv
+                if dtor_off is None and lru is not None:
+                    dtor_off = lru + nxt
+                    dtor_size = 8
+        return cls(
+            size=size,
+            off_flags=info.offset("page.flags") or 0,
+            off_mapping=info.require_offset("page.mapping"),
+            off_mapcount=info.offset("page._mapcount"),
+            off_private=info.offset("page.private"),
+            off_compound_head=off_head,
+            pg_lru=pg_lru,
+            pg_private=pg_private,
+            pg_swapcache=num("PG_swapcache"),
+            pg_swapbacked=num("PG_swapbacked"),
+            pg_slab=num("PG_slab"),
+            slab_mapcount=_u32(num("PAGE_SLAB_MAPCOUNT_VALUE")),
+            pg_hwpoison=num("PG_hwpoison"),
+            head_mask=head_mask or 0,
+            buddy_mapcount=_u32(num("PAGE_BUDDY_MAPCOUNT_VALUE")),
+            pg_buddy=num("PG_buddy"),
+            offline_mapcount=_u32(num("PAGE_OFFLINE_MAPCOUNT_VALUE")),
+            unaccepted_mapcount=_u32(num("PAGE_UNACCEPTED_MAPCOUNT_VALUE")),
+            hugetlb_mapcount=_u32(hugetlb_mapcount),
+            pg_hugetlb=pg_hugetlb,
+            hugetlb_dtor=num("HUGETLB_PAGE_DTOR"),
+            free_huge_page=info.symbol("free_huge_page"),
+            tail_order_off=order_off,
+            tail_order_size=order_size,
+            tail_dtor_off=dtor_off,
+            tail_dtor_size=dtor_size,
+            max_order=info.length("zone.free_area"),
+            byteorder=byteorder,
+        )
+
+    @property
+    def can_find_free(self) -> bool:
+        """Whether buddy pages are recognisable from ``struct page`` alone."""
+        return self.off_private is not None and (
+            self.pg_buddy is not None or (self.buddy_mapcount is not None and self.off_mapcount is not None))
+
+
+def _field(pages: np.ndarray, off: int, nbytes: int, byteorder: str) -> np.ndarray:
+    """One integer field of every ``struct page`` row, as uint64."""
+    end = "<" if byteorder == "little" else ">"
+    col = np.ascontiguousarray(pages[:, off:off + nbytes])
+    return col.view(f"{end}u{nbytes}").ravel().astype(np.uint64)
+
+
+def _type_is(mapcount: np.ndarray, value: int | None) -> np.ndarray:
+    """``_mapcount``/``page_type`` equals a page-type value (top byte only for the 6.12+ encoding)."""
+    if value is None:
+        return np.zeros(mapcount.shape, dtype=bool)
+    if value & _PGTY_LOW_MASK == 0 and value >> 24 >= 0xF0:
+        out: np.ndarray = (mapcount >> np.uint64(24)) == np.uint64(value >> 24)
+        return out
+    eq: np.ndarray = mapcount == np.uint64(value)
+    return eq
+
+
+def _bit(flags: np.ndarray, nr: int | None) -> np.ndarray:
+    if nr is None:
+        return np.zeros(flags.shape, dtype=bool)
+    out: np.ndarray = (flags & np.uint64(1 << nr)) != 0
+    return out
+
+
+@dataclass
+class Classification:
+    """Result of :func:`classify` for one window.
+
+    ``cls[i]`` is the class that excludes pfn ``start + i`` (CLASS_NONE =
+    kept); ``carry`` is ``(end_pfn, class)`` of a block that runs past the
+    window, to pass to the next call.  ``free_seen`` counts pfns in buddy
+    blocks whatever the level (for the self-check).
+    """
+
+    cls: np.ndarray
+    carry: tuple[int, int] | None
+    free_seen: int
+    bad_orders: int
+
+
+def _page_fields(spec: PageFlagsSpec, pages: np.ndarray) -> dict[str, np.ndarray]:
+    bo = spec.byteorder
+    n = pages.shape[0]
+    zeros = np.zeros(n, dtype=np.uint64)
+    return {
+        "flags": _field(pages, spec.off_flags, 8, bo),
+        "mapping": _field(pages, spec.off_mapping, 8, bo),
+        "mapcount": _field(pages, spec.off_mapcount, 4, bo) if spec.off_mapcount is not None else zeros,
+        "private": _field(pages, spec.off_private, 8, bo) if spec.off_private is not None else zeros,
+        "chead": _field(pages, spec.off_compound_head, 8, bo) if spec.off_compound_head is not None else zeros,
+    }
+
+
+def classify(spec: PageFlagsSpec, pages: np.ndarray, readable: np.ndarray, start_pfn: int, dump_level: int,
+             *, carry: tuple[int, int] | None = None) -> Classification:
+    """Classify pfns ``start_pfn .. start_pfn + len(readable) - 1``.
+
+    ``pages`` holds ``len(readable) + 1`` rows (the extra row is the next
+    pfn's ``struct page``: a head's order and hugetlb marker live in its first
+    tail page); rows whose ``readable`` is False (no ``struct page``, or not
+    RAM) are never classified and stay CLASS_NONE unless a block from an
+    earlier readable head covers them — exactly makedumpfile's behaviour.
+    """
+    n = readable.shape[0]
+    f = _page_fields(spec, pages)
+    flags, mapping, mapcount, private, chead = (f[k][:n] for k in ("flags", "mapping", "mapcount", "private", "chead"))
+    nxt_flags = f["flags"][1:n + 1]
+    pfns = np.arange(start_pfn, start_pfn + n, dtype=np.int64)
+
+    # -- compound heads: order (and hugetlb) from the first tail page --------------------
+    head = (flags & np.uint64(spec.head_mask)) != 0 if spec.head_mask else np.zeros(n, dtype=bool)
+    order = np.zeros(n, dtype=np.int64)
+    hugetlb = np.zeros(n, dtype=bool)
+    if head.any():
+        if spec.tail_order_off is not None:
+            raw = _field(pages[1:n + 1], spec.tail_order_off, spec.tail_order_size, spec.byteorder)
+            if spec.hugetlb_mapcount is not None or spec.pg_hugetlb is not None:
+                raw = raw & np.uint64(0xFF)
+            order = np.where(head, raw.astype(np.int64), 0)
+        if spec.hugetlb_mapcount is not None:
+            hugetlb = head & _type_is(mapcount, spec.hugetlb_mapcount)
+        elif spec.pg_hugetlb is not None:
+            hugetlb = head & _bit(nxt_flags, spec.pg_hugetlb)
+        elif spec.tail_dtor_off is not None:
+            dtor = _field(pages[1:n + 1], spec.tail_dtor_off, spec.tail_dtor_size, spec.byteorder)
+            want = spec.hugetlb_dtor if spec.hugetlb_dtor is not None else spec.free_huge_page
+            if want is not None:
+                hugetlb = head & (dtor == np.uint64(want & 0xFFFF_FFFF_FFFF_FFFF))
+            if spec.hugetlb_dtor is not None and spec.free_huge_page is not None:
+                hugetlb |= head & (dtor == np.uint64(spec.free_huge_page & 0xFFFF_FFFF_FFFF_FFFF))
+        bad = (order >= 64) | ((pfns & ((np.int64(1) << np.minimum(order, 62)) - 1)) != 0)
+        order = np.where(bad, 0, order)
+    nr_compound = np.int64(1) << order
+
+    # -- predicates (makedumpfile.h / makedumpfile.c) -----------------------------------
+    tail = (chead & np.uint64(1)) != 0
+    if spec.slab_mapcount is not None:
+        slab = _type_is(mapcount, spec.slab_mapcount)
+    else:
+        slab = _bit(flags, spec.pg_slab)
+    if spec.pg_buddy is not None:
+        buddy = _bit(flags, spec.pg_buddy)
+    elif spec.buddy_mapcount is not None and spec.off_mapcount is not None:
+        buddy = ~slab & _type_is(mapcount, spec.buddy_mapcount)
+    else:
+        buddy = np.zeros(n, dtype=bool)
+    if spec.off_private is None:
+        buddy[:] = False
+    lru = _bit(flags, spec.pg_lru)
+    swapcache = _bit(flags, spec.pg_swapcache)
+    if spec.pg_swapbacked is not None:
+        swapcache &= _bit(flags, spec.pg_swapbacked)
+    cache = lru | swapcache
+    private_flag = _bit(flags, spec.pg_private)
+    anon = ((mapping & np.uint64(PAGE_MAPPING_ANON)) != 0) & ~slab
+    hwpoison = _bit(flags, spec.pg_hwpoison)
+    offline = ~slab & _type_is(mapcount, spec.offline_mapcount)
+    unaccepted = _type_is(mapcount, spec.unaccepted_mapcount)
+
+    # buddy order: order >= LENGTH(zone.free_area) is rejected (the page is then skipped entirely)
+    max_order = spec.max_order if spec.max_order is not None else 64
+    buddy_order = np.minimum(private, np.uint64(63)).astype(np.int64)
+    bad_buddy = buddy & (private >= np.uint64(max_order))
+    ok = readable & ~tail
+
+    # -- first match wins --------------------------------------------------------------
+    cls = np.zeros(n, dtype=np.int8)
+    nr = nr_compound.copy()
+    undecided = ok.copy()
+
+    def take(mask: np.ndarray, value: int) -> None:
+        m = undecided & mask
+        cls[m] = value
+        undecided[m] = False
+
+    if dump_level & DL_EXCLUDE_FREE:
+        m = undecided & buddy
+        undecided[m & bad_buddy] = False      # "invalid free page order": skipped, kept
+        good = m & ~bad_buddy
+        cls[good] = CLASS_FREE
+        nr[good] = np.int64(1) << buddy_order[good]
+        undecided[good] = False
+    if dump_level & DL_EXCLUDE_CACHE:
+        take(cache & ~private_flag & ~anon, CLASS_CACHE)
+    if dump_level & DL_EXCLUDE_CACHE_PRI:
+        take(cache & ~anon & private_flag, CLASS_CACHE_PRIVATE)
+        take(cache & ~anon, CLASS_CACHE)
+    if dump_level & DL_EXCLUDE_USER_DATA:
+        take(anon | hugetlb, CLASS_USER)
+    take(hwpoison, CLASS_HWPOISON)
+    take(offline, CLASS_OFFLINE)
+    if dump_level & DL_EXCLUDE_FREE and spec.unaccepted_mapcount is not None:
+        m = undecided & unaccepted
+        cls[m] = CLASS_UNACCEPTED
+        nr[m] = np.int64(1) << max(max_order - 1, 0)
+        undecided[m] = False
+
+    out_cls, new_carry = _apply_blocks(cls, nr, n, start_pfn, carry)
+
+    # free pages seen whatever the level (self-check): buddy blocks, nested ones ignored
+    fb = ok & buddy & ~bad_buddy
+    idx = np.flatnonzero(fb)
+    free_seen = 0
+    if idx.size:
+        ends = idx + (np.int64(1) << buddy_order[idx])
+        prev = np.concatenate(([-1], np.maximum.accumulate(ends)[:-1]))
+        top = idx >= prev
+        free_seen = int(np.minimum(ends[top], n).sum() - idx[top].sum())
+    return Classification(out_cls, new_carry, free_seen, int((ok & bad_buddy).sum()))
+
+
+def _apply_blocks(cls: np.ndarray, nr: np.ndarray, n: int, start_pfn: int,
+                  carry: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Spread each winning block's class over ``[pfn, pfn + nr)``, skipping blocks inside earlier ones."""
+    cand = np.flatnonzero(cls != CLASS_NONE).astype(np.int64)
+    starts = cand
+    ends = cand + nr[cand]
+    classes = cls[cand]
+    if carry is not None and carry[0] > start_pfn:
+        cend = carry[0] - start_pfn
+        starts = np.concatenate(([0], starts))
+        ends = np.concatenate(([cend], ends))
+        classes = np.concatenate(([carry[1]], classes)).astype(np.int8)
+    out = np.zeros(n, dtype=np.int8)
+    if starts.size == 0:
+        return out, None
+    prev = np.concatenate(([-1], np.maximum.accumulate(ends)[:-1]))
+    inside = starts < prev
+    if bool(np.any(inside & (ends > prev))):
+        # A block starts inside an earlier one but ends after it: only the
+        # sequential walk is exact.  This loops over blocks (not pages) and
+        # happens only with inconsistent data (unaligned buddy orders).
+        active = np.zeros(starts.size, dtype=bool)
+        cur = -1
+        for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            if s >= cur:
+                active[i] = True
+                cur = e
+    else:
+        active = ~inside
+    a_starts, a_ends, a_cls = starts[active], ends[active], classes[active]
+    lengths = np.minimum(a_ends, n) - a_starts
+    # active blocks are disjoint and sorted: paint them with one repeat
+    marks = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(marks, a_starts, 1)
+    np.add.at(marks, np.minimum(a_ends, n), -1)
+    covered = np.cumsum(marks[:n]) > 0
+    block = np.repeat(np.arange(a_starts.size), lengths)
+    out[covered] = a_cls[block]
+    new_carry = None
+    if a_ends.size and int(a_ends[-1]) > n:
+        new_carry = (start_pfn + int(a_ends[-1]), int(a_cls[-1]))
+    return out, new_carry
