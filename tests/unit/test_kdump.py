@@ -296,3 +296,13 @@ def test_corrupt_and_truncated_raise_only_kdumpkit_errors(codec: str | None) -> 
                 k.page_state(pfn)
         except KdumpkitError:
             pass
+
+
+def test_workers_give_identical_output_and_progress() -> None:
+    src = synthetic_dump(ram=[(0, 1500)], excluded=[(700, 710)])
+    seen: list[tuple[int, int]] = []
+    one = _write(src, codec="zlib", exclude_zero=True, progress=lambda d, t: seen.append((d, t)))
+    two = _write(src, codec="zlib", exclude_zero=True, workers=2)
+    assert one == two
+    assert seen[-1] == (1490, 1490) and all(a[0] < b[0] for a, b in zip(seen, seen[1:], strict=False))
+    assert _write(src, codec="lzo", workers=2) == _write(src, codec="lzo")
