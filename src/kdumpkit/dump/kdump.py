@@ -740,8 +740,13 @@ def encode_batch(codec_name: str | None, page_size: int, data: bytes, share_zero
     zero: np.ndarray = np.logical_not(np.frombuffer(data, dtype=np.uint64).reshape(n, page_size // 8).any(axis=1))
     sizes = np.zeros(n, dtype=np.uint32)
     flags = np.zeros(n, dtype=np.uint32)
+    if not codec_name:  # raw pages: no per-page work at all
+        keep = np.logical_not(zero) if share_zero else np.ones(n, dtype=bool)
+        sizes[keep] = page_size
+        rows = np.frombuffer(data, dtype=np.uint8).reshape(n, page_size)
+        return (bytes(data) if bool(keep.all()) else rows[keep].tobytes()), sizes, flags, zero
     parts: list[bytes] = []
-    comp = codecs.codec(codec_name) if codec_name else None
+    comp = codecs.codec(codec_name)
     mv = memoryview(data)
     zl = zero.tolist()
     for i in range(n):
