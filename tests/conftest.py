@@ -42,6 +42,12 @@ def _reference(kernel: str) -> ReferenceSet:
     return reference_set(kernel)
 
 
+@pytest.fixture
+def lab_required() -> None:
+    """Use in a test that boots QEMU: skips it, with the reason, where the lab cannot run."""
+    require_qemu()
+
+
 @pytest.fixture(scope="session")
 def ref_bookworm() -> ReferenceSet:
     """The cached bookworm reference crash (built on first use)."""
