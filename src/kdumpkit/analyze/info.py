@@ -47,7 +47,7 @@ def dump_info(dump: Dump) -> dict[str, Any]:
     try:
         from kdumpkit.kernel.facts import crash_facts
     except ImportError:
-        crash_facts = None  # type: ignore[assignment]
+        crash_facts = None  # type: ignore[assignment,unused-ignore]
     if crash_facts is not None:
         info["crash"] = crash_facts(dump).to_json()
     elif vmcoreinfo:

@@ -36,7 +36,7 @@ def _zlib_compressor() -> Callable[[bytes], bytes]:
     try:
         from zlib_ng import zlib_ng  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
-        return lambda b: zlib_ng.compress(b, 1)  # type: ignore[no-any-return]
+        return lambda b: zlib_ng.compress(b, 1)
     except ImportError:
         return lambda b: zlib.compress(b, 1)
 

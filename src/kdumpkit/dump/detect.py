@@ -67,7 +67,7 @@ def open_dump(path: str | Sequence[str], *, format: str | None = None, **options
             return open_dump(paths[0], format=format, **options)
         from kdumpkit.dump.split import SplitDump
 
-        return SplitDump.open(paths)  # type: ignore[no-any-return]
+        return SplitDump.open(paths)
     src = open_source(path)
     try:
         name = format or detect_format(src)
