@@ -31,9 +31,12 @@ def write_to_sink(source: Dump, sink: Sink, fmt: str, *, path: str = "", codec: 
         return write_elf(source, sink, elf_class=elf_class, exclude_zero=exclude_zero, progress=progress)
     if fmt in ("kdump", "flat"):
         from kdumpkit.dump.kdump import write_kdump
+        from kdumpkit.kernel.utsname import read_utsname  # the header carries uname as makedumpfile writes it
 
+        uts = getattr(source, "utsname", None)
+        utsname = uts() if callable(uts) else read_utsname(source)
         stats: WriteStats = write_kdump(source, sink, codec=codec, exclude_zero=exclude_zero, dump_level=dump_level,
-                                        progress=progress, workers=workers)
+                                        utsname=utsname, progress=progress, workers=workers)
         return stats
     if fmt == "lime":
         from kdumpkit.dump.lime import write_lime
