@@ -106,7 +106,7 @@ def _synthetic(gib: int, q: Any) -> None:
         def _read_dumped(self, pfn: int, count: int) -> Buffer:
             if back_pfn <= pfn < back_end:
                 o = (pfn - back_pfn) * ps
-                return memoryview(raw)[o:o + count * ps]
+                return raw.data[o:o + count * ps]
             if pfn in mem.pages:
                 return mem.read(pfn * ps, count * ps)
             return bytes(count * ps)
