@@ -86,8 +86,12 @@ def build_base(kernel: Kernel, extra_modules: list[str] | None = None,
     tree.file("init", init_script(), 0o755)
 
     index = module_index(kernel.modules_dir)
-    deps = dependencies(kernel.modules_dir, index)
-    order = load_order(BASE_MODULES + list(extra_modules or []), deps, builtin=builtin_modules(kernel.modules_dir))
+    if index:
+        deps = dependencies(kernel.modules_dir, index)
+        order = load_order(BASE_MODULES + list(extra_modules or []), deps,
+                           builtin=builtin_modules(kernel.modules_dir))
+    else:
+        order = []  # a custom kernel without modules: its virtio drivers must be built in
     for name in order:
         tree.file(f"lib/modules/lab/{name}.ko", index[name].read_bytes())
     for dest, src in (extra_files or {}).items():
