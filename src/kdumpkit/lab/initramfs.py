@@ -24,6 +24,7 @@ from kdumpkit.lab.modules import builtin_modules, dependencies, load_order, modu
 
 #: Drivers every run needs (the disks are virtio-blk on virtio-pci).
 BASE_MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk"]
+OPTIONAL_MODULES = {"virtio_pci_legacy_dev", "virtio_pci_modern_dev"}
 BUSYBOX = "/bin/busybox"
 PROGRAMS = ["/usr/sbin/kexec", "/usr/bin/makedumpfile"]
 
@@ -88,8 +89,10 @@ def build_base(kernel: Kernel, extra_modules: list[str] | None = None,
     index = module_index(kernel.modules_dir)
     if index:
         deps = dependencies(kernel.modules_dir, index)
-        order = load_order(BASE_MODULES + list(extra_modules or []), deps,
-                           builtin=builtin_modules(kernel.modules_dir))
+        builtin = builtin_modules(kernel.modules_dir)
+        # 5.10 has no separate virtio_pci_{legacy,modern}_dev: ask only for what exists.
+        wanted = [m for m in BASE_MODULES if m in index or m in builtin or m not in OPTIONAL_MODULES]
+        order = load_order(wanted + list(extra_modules or []), deps, builtin=builtin)
     else:
         order = []  # a custom kernel without modules: its virtio drivers must be built in
     for name in order:
