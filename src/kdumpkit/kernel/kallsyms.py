@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,7 +35,7 @@ from kdumpkit.errors import KdumpkitError, KernelError
 from kdumpkit.kernel.memory import KernelMemory
 from kdumpkit.kernel.vmcoreinfo import VmcoreInfo
 
-__all__ = ["KallsymsLocation", "KernelSymbol", "find_kallsyms", "read_kallsyms", "scan_kallsyms"]
+__all__ = ["Kallsyms", "KallsymsLocation", "KernelSymbol", "find_kallsyms", "read_kallsyms", "scan_kallsyms"]
 
 START_KERNEL_MAP = 0xFFFF_FFFF_8000_0000
 _TEXT_BASE = 0xFFFF_FFFF_8100_0000  # default _text of x86_64 before KASLR
@@ -45,8 +46,7 @@ _SCAN_LIMIT = 160 << 20
 _DIGITS = b"0\x001\x002\x003\x004\x005\x006\x007\x008\x009\x00"
 
 
-@dataclass(frozen=True)
-class KernelSymbol:
+class KernelSymbol(NamedTuple):
     """One kallsyms entry: name, runtime address, ``nm``-style type letter."""
 
     name: str
@@ -112,24 +112,41 @@ def _names_blob(mem: KernelMemory, loc: KallsymsLocation) -> bytes:
     return mem.read_virt(loc.names, span)
 
 
-def decode_names(blob: bytes, tokens: Sequence[bytes], count: int) -> list[tuple[str, str]]:
-    """``(type, name)`` of ``count`` compressed entries of ``kallsyms_names``."""
-    out: list[tuple[str, str]] = []
-    pos = 0
+def decode_names(blob: bytes, tokens: Sequence[bytes], count: int) -> list[str]:
+    """Type letter + name of ``count`` compressed entries of ``kallsyms_names``.
+
+    One pass finds the length bytes; the expansion is then a single join over
+    all codes, with length bytes mapped to a separator (10x faster than a
+    join per symbol, which matters at 150,000+ symbols).
+    """
     n = len(blob)
-    for _ in range(count):
+    codes = np.frombuffer(blob, dtype=np.uint8).astype(np.uint16)
+    pos = 0
+    for i in range(count):
         if pos >= n:
-            raise KernelError(f"kallsyms_names ends after {len(out)} of {count} symbols")
+            raise KernelError(f"kallsyms_names ends after {i} of {count} symbols")
         length = blob[pos]
+        codes[pos] = 256
         pos += 1
         if length & 0x80:  # v6.1 "big" symbols: ULEB128 length
+            if pos >= n:
+                raise KernelError("kallsyms_names ends inside a length")
             length = (length & 0x7F) | (blob[pos] << 7)
+            codes[pos] = 257
             pos += 1
-        raw = b"".join([tokens[c] for c in blob[pos:pos + length]])
         pos += length
-        text = raw.decode("ascii", "replace")
-        out.append((text[:1], text[1:]))
-    return out
+    if pos > n:
+        raise KernelError(f"kallsyms_names ends inside symbol {count - 1}")
+    table = [*tokens, b"\n", b""]
+    flat = np.frombuffer(b"".join(table), dtype=np.uint8)
+    lens = np.array([len(t) for t in table], dtype=np.int64)
+    starts = np.cumsum(lens) - lens
+    used = codes[:pos]
+    out_len = lens[used]
+    before = np.cumsum(out_len) - out_len
+    idx = np.arange(int(out_len.sum()), dtype=np.int64) + np.repeat(starts[used] - before, out_len)
+    text = flat[idx].tobytes().decode("ascii", "replace")
+    return text.split("\n")[1:]
 
 
 def _addresses(mem: KernelMemory, loc: KallsymsLocation, count: int) -> list[int]:
@@ -153,8 +170,24 @@ def _addresses(mem: KernelMemory, loc: KallsymsLocation, count: int) -> list[int
     return [base + int(o) for o in u.tolist()]
 
 
+@dataclass(frozen=True)
+class Kallsyms:
+    """The decoded table as parallel arrays (no per-symbol objects: 150,000+ entries)."""
+
+    names: list[str]
+    types: str
+    addresses: list[int]
+    location: KallsymsLocation
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> KernelSymbol:
+        return KernelSymbol(self.names[i], self.addresses[i], self.types[i])
+
+
 def read_kallsyms(mem: KernelMemory, info: VmcoreInfo | None = None,
-                  location: KallsymsLocation | None = None) -> list[KernelSymbol]:
+                  location: KallsymsLocation | None = None) -> Kallsyms:
     """Every kallsyms entry of the crashed kernel, in table (= address) order.
 
     Raises :class:`KernelError` when the tables cannot be found or decoded.
@@ -163,13 +196,13 @@ def read_kallsyms(mem: KernelMemory, info: VmcoreInfo | None = None,
         loc = location if location is not None else find_kallsyms(mem, info)
         if not 0 < loc.num_syms <= _MAX_SYMS:
             raise KernelError(f"kallsyms_num_syms = {loc.num_syms} is impossible")
-        names = decode_names(_names_blob(mem, loc), _tokens(mem, loc), loc.num_syms)
+        entries = decode_names(_names_blob(mem, loc), _tokens(mem, loc), loc.num_syms)
         addrs = _addresses(mem, loc, loc.num_syms)
     except KernelError:
         raise
     except KdumpkitError as e:
         raise KernelError(f"cannot read kallsyms: {e}") from None
-    return [KernelSymbol(n, a, t) for (t, n), a in zip(names, addrs, strict=True)]
+    return Kallsyms([e[1:] for e in entries], "".join([e[:1] or "?" for e in entries]), addrs, loc)
 
 
 # -- scanning (kernels without the VMCOREINFO keys) -------------------------------
