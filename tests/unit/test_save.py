@@ -279,3 +279,18 @@ def test_cli_incomplete_exit_code(tmp_path: Path) -> None:
 def test_cli_dump_dmesg_needs_a_log(tmp_path: Path, elf_vmcore: str) -> None:
     assert main(["save", "--dump-dmesg", elf_vmcore, str(tmp_path / "log")]) != 0
     assert not (tmp_path / "log").exists()
+
+
+def test_elf_short_gaps_written_as_zeros(tmp_path: Path) -> None:
+    from kdumpkit.capture.elfgaps import ElfGapFill, fill_short_gaps
+
+    assert fill_short_gaps([(0, 10), (20, 30), (400, 500)], [(0, 1000)]) == [(0, 30), (400, 500)]
+    assert fill_short_gaps([(0, 10), (20, 30)], [(0, 15), (15, 40)]) == [(0, 10), (20, 30)]
+    s = synthetic_dump(ram=[(0, 1000)], excluded=[(10, 20), (300, 700)])
+    layer = ElfGapFill(s, exclude_zero=False)
+    assert layer.dumped_runs() == [(0, 300), (700, 1000)]
+    assert not any(bytes(layer.read_page(15))) and bytes(layer.read_page(9)) == bytes(s.read_page(9))
+    out = tmp_path / "e"
+    save_to_file(s, str(out), SaveOptions(fmt="elf", codec=None, dump_levels=(1,)))
+    with open_dump(str(out)) as d:
+        assert len(d.dumped_runs()) <= 2 and d.page_state(500) is PageState.EXCLUDED

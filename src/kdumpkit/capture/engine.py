@@ -280,6 +280,10 @@ def _write(source: Dump, sink: Sink, opts: SaveOptions, level: int, exclude_zero
     from kdumpkit.dump.convert import write_to_sink
 
     fmt = "kdump" if opts.fmt == "flat" else opts.fmt
+    if fmt == "elf" and level > 1 or exclude_zero and fmt == "elf":
+        from kdumpkit.capture.elfgaps import ElfGapFill
+
+        source, exclude_zero = ElfGapFill(source, exclude_zero=exclude_zero), False
     return write_to_sink(source, sink, fmt, codec=opts.codec, exclude_zero=exclude_zero, dump_level=level,
                          elf_class=opts.elf_class, progress=progress, workers=opts.workers)
 

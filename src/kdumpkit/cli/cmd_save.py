@@ -16,7 +16,7 @@ from typing import Any
 
 from kdumpkit.cli.progress import progress_reporter
 from kdumpkit.dump.codecs import OPTION_CODECS
-from kdumpkit.errors import UsageError
+from kdumpkit.errors import OutputError, UsageError
 
 EXIT_INCOMPLETE = 3
 ML_PROGRESS, ML_COMMON, ML_ERROR, ML_DEBUG, ML_REPORT = 1, 2, 4, 8, 16
@@ -123,7 +123,7 @@ def _dump_dmesg(args: argparse.Namespace, ml: int) -> int:
 
     vmcore, logfile = args.files
     if os.path.lexists(logfile) and not args.force:
-        raise UsageError(f"{logfile} exists (use --force)")
+        raise OutputError(f"{logfile} exists (will not overwrite; use --force)")
     with open_dump(vmcore) as src:
         data = dmesg_bytes(src)
     write_synced(logfile, data, overwrite=args.force)
