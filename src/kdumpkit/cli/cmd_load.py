@@ -1,0 +1,60 @@
+"""``kdumpkit load`` and ``kdumpkit unload``: the capture kernel, loaded by kdumpkit's own syscalls."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from kdumpkit.cli.progress import print_json
+from kdumpkit.kexec import loader
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("load", help="load the capture kernel (kexec_file_load, KEXEC_FILE_ON_CRASH)")
+    p.add_argument("--kernel", metavar="PATH", help="capture kernel (default /boot/vmlinuz-$(uname -r))")
+    p.add_argument("--initrd", metavar="PATH", help="capture initramfs (default: the first kdump initramfs found)")
+    p.add_argument("--no-initrd", action="store_true", help="load without an initramfs")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--cmdline", metavar="STR", help="the whole capture command line (nothing derived)")
+    g.add_argument("--default-append", metavar="STR", default=loader.DEFAULT_APPEND,
+                   help="defaults appended to the derived command line (kdumpctl's x86_64 set)")
+    p.add_argument("--append", metavar="STR", default="", help="more options for the capture command line")
+    p.add_argument("--remove", metavar="KEY", action="append",
+                   help="also drop this option from /proc/cmdline (repeatable)")
+    p.add_argument("--mode", choices=("file", "classic"), default="file",
+                   help="file: kexec_file_load (default, works under lockdown); classic: kexec_load (not yet)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be loaded, load nothing")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--root", default="/", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_load)
+
+    u = sub.add_parser("unload", help="unload the capture kernel")
+    u.add_argument("--mode", choices=("file", "classic"), default="file")
+    u.set_defaults(func=cmd_unload)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    plan = loader.plan_load(root=args.root, kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline,
+                            append=args.append, mode=args.mode,
+                            remove=(*loader.DEFAULT_REMOVE, *(args.remove or ())),
+                            default_append=args.default_append, no_initrd=args.no_initrd)
+    info = {"mode": plan.mode, "kernel": str(plan.kernel), "initrd": str(plan.initrd) if plan.initrd else None,
+            "cmdline": plan.cmdline, "flags": plan.flags, "loaded": False}
+    if not args.dry_run:
+        loader.load(plan)
+        info["loaded"] = True
+    if args.json:
+        print_json(info)
+    else:
+        for n in plan.notes:
+            print(n)
+        print(f"{'would load' if args.dry_run else 'loaded'} ({plan.mode}): {plan.kernel}"
+              f"{' + ' + str(plan.initrd) if plan.initrd else ''}")
+        print(f"command line: {plan.cmdline}")
+    return 0
+
+
+def cmd_unload(args: argparse.Namespace) -> int:
+    loader.unload(mode=args.mode)
+    print("capture kernel unloaded")
+    return 0

@@ -1,0 +1,192 @@
+"""Loading and unloading the capture kernel.
+
+``mode="file"`` (the default) hands kernel, initramfs and command line to
+``kexec_file_load`` with ``KEXEC_FILE_ON_CRASH``: the *kernel* parses the
+bzImage, builds the elfcorehdr (see :mod:`kdumpkit.kexec.elfcorehdr` for the
+layout), the boot parameters and its own purgatory, and verifies the image
+signature when KEXEC_SIG/lockdown demands it.  That is why it is the only
+mode that works under Secure Boot, and why kdumpctl uses it by default.
+
+``mode="classic"`` (``kexec_load``: userspace builds every segment) is not
+implemented yet; :func:`load` raises a UsageError naming what is missing.
+
+The capture command line is derived like kdumpctl does: start from the
+running kernel's ``/proc/cmdline``, drop the options that would hurt a
+small crash kernel (``crashkernel=``, ``hugepages=``, ``quiet`` …) or that the
+appended defaults replace, then append kdumpctl's x86_64 defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdumpkit.errors import ConfigError, KdumpkitError, UsageError
+from kdumpkit.kexec import syscalls
+from kdumpkit.kexec.syscalls import KEXEC_FILE_ON_CRASH, SyscallFn
+
+#: kdumpctl's KDUMP_COMMANDLINE_REMOVE (x86_64) plus what ``prepare_cmdline`` always removes.
+DEFAULT_REMOVE = ("crashkernel", "panic_on_warn", "hugepages", "hugepagesz", "default_hugepagesz", "slub_debug",
+                  "quiet", "log_buf_len", "swiotlb", "cma", "hugetlb_cma", "ignition.firstboot",
+                  "elfcorehdr", "memmap", "kexec_jump_back_entry", "rd.plymouth", "splash")
+#: kdumpctl's x86_64 KDUMP_COMMANDLINE_APPEND (kdump-utils, gen-kdump-sysconfig.sh) and the common part.
+DEFAULT_APPEND = ("irqpoll nr_cpus=1 reset_devices cgroup_disable=memory mce=off numa=off udev.children-max=2 "
+                  "panic=10 acpi_no_memhotplug transparent_hugepage=never nokaslr hest_disable cma=0 "
+                  "pcie_ports=compat novmcoredd hugetlb_cma=0 kfence.sample_interval=0")
+
+
+CLASSIC_NOT_IMPLEMENTED = ("--mode classic (kexec_load: bzImage segments, boot_params, elfcorehdr and a purgatory "
+                           "built in userspace) is not implemented yet; use --mode file")
+
+
+def split_cmdline(cmdline: str) -> list[str]:
+    """Split a kernel command line into words; double quotes protect blanks, as the kernel's ``next_arg``."""
+    words: list[str] = []
+    cur: list[str] = []
+    quoted = False
+    for ch in cmdline.strip():
+        if ch == '"':
+            quoted = not quoted
+            cur.append(ch)
+        elif ch.isspace() and not quoted:
+            if cur:
+                words.append("".join(cur))
+                cur = []
+        else:
+            cur.append(ch)
+    if quoted:
+        raise ConfigError(f"unbalanced double quote in command line {cmdline!r}")
+    if cur:
+        words.append("".join(cur))
+    return words
+
+
+def _key(word: str) -> str:
+    return word.split("=", 1)[0]
+
+
+def capture_cmdline(current: str, *, remove: Iterable[str] = DEFAULT_REMOVE, append: str = DEFAULT_APPEND,
+                    extra: str = "") -> str:
+    """The capture kernel's command line from the running one's.
+
+    Words whose key is in ``remove`` go; so does any key ``append``/``extra``
+    set (the appended value wins, and the kernel would otherwise see both);
+    init arguments after ``--`` go, since the capture initramfs has its own init.
+    """
+    words = split_cmdline(current)
+    if "--" in words:
+        words = words[:words.index("--")]
+    added = split_cmdline(append) + split_cmdline(extra)
+    drop = set(remove) | {_key(w) for w in added}
+    kept = [w for w in words if _key(w) not in drop]
+    out: list[str] = []
+    for w in kept + added:
+        if w not in out:
+            out.append(w)
+    return " ".join(out)
+
+
+@dataclass
+class LoadPlan:
+    """Everything :func:`load` will pass, for ``--dry-run`` and for tests."""
+
+    mode: str
+    kernel: Path
+    initrd: Path | None
+    cmdline: str
+    flags: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _release(root: Path) -> str:
+    try:
+        return (root / "proc/sys/kernel/osrelease").read_text().strip()
+    except OSError:
+        return os.uname().release
+
+
+def default_kernel(root: Path | str = "/") -> Path:
+    rootp = Path(root)
+    return rootp / f"boot/vmlinuz-{_release(rootp)}"
+
+
+INITRD_CANDIDATES = ("var/lib/kdumpkit/initrd.img-{r}", "boot/initramfs-{r}kdump.img", "var/lib/kdump/initrd.img-{r}",
+                     "boot/initrd.img-{r}", "boot/initramfs-{r}.img")
+
+
+def default_initrd(root: Path | str = "/") -> Path | None:
+    """The first capture initramfs found: kdumpkit's own, then kdumpctl's and kdump-tools', then the system one."""
+    rootp = Path(root)
+    r = _release(rootp)
+    for pattern in INITRD_CANDIDATES:
+        p = rootp / pattern.format(r=r)
+        if p.is_file():
+            return p
+    return None
+
+
+def plan_load(*, root: Path | str = "/", kernel: str | Path | None = None, initrd: str | Path | None = None,
+              cmdline: str | None = None, append: str = "", mode: str = "file",
+              remove: Sequence[str] = DEFAULT_REMOVE, default_append: str = DEFAULT_APPEND,
+              no_initrd: bool = False) -> LoadPlan:
+    """Resolve paths and the command line; nothing is loaded."""
+    if mode not in ("file", "classic"):
+        raise UsageError(f"--mode must be 'file' or 'classic', not {mode!r}")
+    if mode == "classic":
+        raise UsageError(CLASSIC_NOT_IMPLEMENTED)
+    rootp = Path(root)
+    kpath = Path(kernel) if kernel else default_kernel(rootp)
+    if not kpath.is_file():
+        raise UsageError(f"capture kernel {kpath} not found (give --kernel PATH)")
+    notes: list[str] = []
+    ipath: Path | None = None
+    if not no_initrd:
+        ipath = Path(initrd) if initrd else default_initrd(rootp)
+        if ipath is None:
+            raise UsageError("no capture initramfs found (give --initrd PATH, or --no-initrd)")
+        if not ipath.is_file():
+            raise UsageError(f"capture initramfs {ipath} not found")
+        if initrd is None:
+            notes.append(f"initramfs: {ipath} (first found)")
+    if cmdline is None:
+        try:
+            current = (rootp / "proc/cmdline").read_text()
+        except OSError as e:
+            raise KdumpkitError(f"cannot read {rootp / 'proc/cmdline'}: {e.strerror or e}") from e
+        line = capture_cmdline(current, remove=remove, append=default_append, extra=append)
+    else:
+        line = " ".join(split_cmdline(cmdline) + split_cmdline(append))
+    flags = KEXEC_FILE_ON_CRASH
+    return LoadPlan(mode, kpath, ipath, line, flags, notes)
+
+
+def load(plan: LoadPlan, *, syscall: SyscallFn | None = None) -> None:
+    """Load the capture kernel as planned (kexec_file_load with KEXEC_FILE_ON_CRASH)."""
+    if plan.mode == "classic":
+        raise UsageError(CLASSIC_NOT_IMPLEMENTED)
+    try:
+        kfd = os.open(plan.kernel, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise KdumpkitError(f"cannot open {plan.kernel}: {e.strerror}") from e
+    ifd: int | None = None
+    try:
+        if plan.initrd is not None:
+            try:
+                ifd = os.open(plan.initrd, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise KdumpkitError(f"cannot open {plan.initrd}: {e.strerror}") from e
+        syscalls.kexec_file_load(kfd, ifd, plan.cmdline, plan.flags, syscall=syscall)
+    finally:
+        os.close(kfd)
+        if ifd is not None:
+            os.close(ifd)
+
+
+def unload(*, mode: str = "file", syscall: SyscallFn | None = None) -> None:
+    """Unload the crash kernel (either way loaded: both syscalls drop the same ``kexec_crash_image``)."""
+    if mode == "classic":
+        syscalls.kexec_load_unload(syscall=syscall)
+    else:
+        syscalls.kexec_file_unload(on_crash=True, syscall=syscall)
