@@ -402,16 +402,24 @@ class SshDestination(Destination):
         return proc, _Stream(proc.stdin.fileno(), what=f"{self.location}/{name}")
 
     def _finish(self, proc: subprocess.Popen[bytes], name: str) -> None:
-        assert proc.stdin is not None
+        if proc.stdin is None:  # already finished (a diagnosis after a broken pipe)
+            if proc.returncode is None:
+                proc.wait()
+            self._check_status(proc, name, b"")
+            return
         try:
             proc.stdin.close()
         except OSError:
             pass
+        proc.stdin = None  # closed: communicate() only collects stderr and the exit status
         try:
             _, err = proc.communicate(timeout=600)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise OutputError(f"{self.location}/{name}: the receiver did not finish") from None
+        self._check_status(proc, name, err)
+
+    def _check_status(self, proc: subprocess.Popen[bytes], name: str, err: bytes) -> None:
         if proc.returncode == EXIT_RECEIVE_NOSPACE:
             raise NoSpaceError(f"{self.location}/{name} (remote disk full)")
         if proc.returncode != 0:
