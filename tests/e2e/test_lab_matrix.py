@@ -26,7 +26,7 @@ KERNELS = ("bullseye", "bookworm", "trixie")
 #: What the crashed kernel's log must say, per scenario.
 PANIC_TEXT = {
     "sysrq": "sysrq triggered crash",
-    "oops": "Fatal exception",
+    "oops": "Oops:",  # with panic_on_oops, oops_end() kexecs before panic("Fatal exception") prints
     "nmi": "NMI",
     "softlockup": "softlockup: hung tasks",
     "panic_on_oom": "panic_on_oom is enabled",
