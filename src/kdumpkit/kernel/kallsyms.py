@@ -145,7 +145,7 @@ def decode_names(blob: bytes, tokens: Sequence[bytes], count: int) -> list[str]:
     out_len = lens[used]
     before = np.cumsum(out_len) - out_len
     idx = np.arange(int(out_len.sum()), dtype=np.int64) + np.repeat(starts[used] - before, out_len)
-    text = flat[idx].tobytes().decode("ascii", "replace")
+    text: str = flat[idx].tobytes().decode("ascii", "replace")
     return text.split("\n")[1:]
 
 
@@ -154,7 +154,7 @@ def _addresses(mem: KernelMemory, loc: KallsymsLocation, count: int) -> list[int
     if loc.offsets is None:
         if loc.addresses is None:
             raise KernelError("neither kallsyms_offsets nor kallsyms_addresses is known")
-        return np.frombuffer(mem.read_virt(loc.addresses, 8 * count), dtype="<u8").tolist()
+        return [int(a) for a in np.frombuffer(mem.read_virt(loc.addresses, 8 * count), dtype="<u8")]
     offs = np.frombuffer(mem.read_virt(loc.offsets, 4 * count), dtype="<i4").astype(np.int64)
     if loc.relative_base is None:
         # v6.15+: offsets are s32 relative to _text (pc-relative kallsyms).

@@ -111,8 +111,8 @@ class SymbolTable:
             self._by_name = {}
             for i, n in enumerate(self._names):
                 self._by_name.setdefault(n, i)
-        i = self._by_name.get(name)
-        return None if i is None else self._symbol(i)
+        idx = self._by_name.get(name)
+        return None if idx is None else self._symbol(idx)
 
     def address_of(self, name: str) -> int | None:
         sym = self.lookup(name)
