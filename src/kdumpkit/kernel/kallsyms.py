@@ -207,14 +207,26 @@ def read_kallsyms(mem: KernelMemory, info: VmcoreInfo | None = None,
 
 # -- scanning (kernels without the VMCOREINFO keys) -------------------------------
 def _read_image(mem: KernelMemory, start: int, limit: int) -> bytes:
-    """The kernel image from ``start``, chunk by chunk, up to the first unreadable chunk."""
+    """The kernel image from ``start``, in chunks; a chunk with holes is read page by page
+    (holes as zeros); reading stops at the first chunk with no readable page."""
     out = bytearray()
     va = start
+    ps = mem.page_size
     while va < start + limit:
         try:
             out += mem.read_virt(va, _SCAN_CHUNK)
         except KdumpkitError:
-            break
+            chunk = bytearray()
+            readable = False
+            for page in range(va, va + _SCAN_CHUNK, ps):
+                try:
+                    chunk += mem.read_virt(page, ps)
+                    readable = True
+                except KdumpkitError:
+                    chunk += bytes(ps)
+            if not readable:
+                break
+            out += chunk
         va += _SCAN_CHUNK
     return bytes(out)
 
@@ -253,11 +265,11 @@ def _marker_candidates(img: bytes, table: int) -> list[tuple[int, list[int]]]:
     for width, dtype in ((4, "<u4"), (8, "<u8")):
         start = (lo + width - 1) & ~(width - 1)
         arr = np.frombuffer(img, dtype=dtype, count=(table - start) // width, offset=start).astype(np.int64)
-        if len(arr) < 4:
+        if len(arr) < 3:
             continue
         d = np.diff(arr)
         ok = (d >= 256 * 2) & (d <= 256 * 400)
-        hits = np.nonzero((arr[:-3] == 0) & ok[:-2] & ok[1:-1] & ok[2:])[0]
+        hits = np.nonzero((arr[:-2] == 0) & ok[:-1] & ok[1:])[0]
         for k in hits[::-1].tolist():
             j = k + 1
             while j < len(arr) - 1 and ok[j]:
