@@ -239,7 +239,9 @@ def write_elf(source: Dump, sink: Sink, *, elf_class: int = 64, exclude_zero: bo
     off = data_off
     for start, fpages, mpages in segs:
         paddr = start * ps
-        phdrs.append(phdr_s.pack(p_type=PT_LOAD, p_flags=PF_RWX, p_offset=off if fpages else 0,
+        # p_offset is the running offset even without file data: crash sizes its
+        # header buffer from the first PT_LOAD's p_offset.
+        phdrs.append(phdr_s.pack(p_type=PT_LOAD, p_flags=PF_RWX, p_offset=off,
                                  p_vaddr=(direct + paddr) & (limit - 1) if direct is not None else 0, p_paddr=paddr,
                                  p_filesz=fpages * ps, p_memsz=mpages * ps, p_align=0))
         off += fpages * ps

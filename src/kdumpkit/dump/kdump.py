@@ -943,7 +943,8 @@ def write_kdump_piece(
         done += n
         if progress is not None:
             progress(done, total)
-    header["status"] = flag
+    # Complete now — unless the source itself lacks pages: those are not "excluded".
+    header["status"] = flag | (FLAG_INCOMPLETE if source.incomplete else 0)
     sink.pwrite(0, hs.pack(header))
     ram = runs_count(source.ram_runs())
     return WriteStats(
