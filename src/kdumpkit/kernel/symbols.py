@@ -85,6 +85,8 @@ class SymbolTable:
     def from_proc_kallsyms(cls, path: str, info: VmcoreInfo | None = None) -> SymbolTable:
         """A ``/proc/kallsyms`` snapshot (``addr type name [module]`` lines)."""
         rows = list(_parse_nm_lines(_read_text(path), allow_module=True))
+        if rows and all(a == 0 for _n, a, _t, _m in rows[:50]):
+            raise KernelError(f"{path} has zeroed addresses (kptr_restrict: take the snapshot as root)")
         delta = _slide(rows, info, runtime=True)
         rows = [(n, (a + delta) % (1 << 64) if m is None and a >= _KERNEL_SPACE else a, t, m)
                 for n, a, t, m in rows]
@@ -174,8 +176,6 @@ def _slide(rows: list[tuple[str, int, str, str | None]], info: VmcoreInfo | None
         if runtime:
             return 0
         text = _TEXT_BASE
-    if runtime and all(a == 0 for _n, a, _t, _m in rows[:50]):
-        raise KernelError("the kallsyms snapshot has zeroed addresses (read it as root, kptr_restrict)")
     dump_text = _TEXT_BASE + (info.kerneloffset or 0)
     stext = info.symbol("_stext")
     if stext:
