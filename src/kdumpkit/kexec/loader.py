@@ -72,13 +72,16 @@ def capture_cmdline(current: str, *, remove: Iterable[str] = DEFAULT_REMOVE, app
     """The capture kernel's command line from the running one's.
 
     Words whose key is in ``remove`` go; so does any key ``append``/``extra``
-    set (the appended value wins, and the kernel would otherwise see both);
+    set (the appended value wins, and the kernel would otherwise see both;
+    ``extra`` wins over ``append``);
     init arguments after ``--`` go, since the capture initramfs has its own init.
     """
     words = split_cmdline(current)
     if "--" in words:
         words = words[:words.index("--")]
-    added = split_cmdline(append) + split_cmdline(extra)
+    extra_words = split_cmdline(extra)
+    extra_keys = {_key(w) for w in extra_words}
+    added = [w for w in split_cmdline(append) if _key(w) not in extra_keys] + extra_words
     drop = set(remove) | {_key(w) for w in added}
     kept = [w for w in words if _key(w) not in drop]
     out: list[str] = []
