@@ -18,6 +18,7 @@ import pytest
 from kdumpkit.cli.main import main
 from kdumpkit.dump import open_dump
 from kdumpkit.dump.base import PageState
+from kdumpkit.dump.testing import assert_kept_pages_equal
 
 pytestmark = pytest.mark.interop
 
@@ -30,16 +31,6 @@ def _osrelease(vmcoreinfo: bytes) -> str:
         if line.startswith("OSRELEASE="):
             return line.split("=", 1)[1]
     raise AssertionError("no OSRELEASE")
-
-
-def _same_kept_pages(source: Any, other: Any) -> int:
-    """Every page ``other`` holds equals ``source``'s; returns how many were compared."""
-    n = 0
-    for pfn, data in other.iter_dumped_pages(batch=512):
-        count = len(data) // other.page_size
-        assert bytes(data) == bytes(source.read_pages(pfn, count)), f"pages at {pfn:#x} differ"
-        n += count
-    return n
 
 
 def test_real_vmcore_opens(ref_bookworm: Any) -> None:
@@ -59,7 +50,7 @@ def test_real_vmcore_opens(ref_bookworm: Any) -> None:
 def test_makedumpfile_E_reads_page_equal(ref_bookworm: Any) -> None:
     with open_dump(str(ref_bookworm.vmcore)) as src, open_dump(str(ref_bookworm.elf_E31)) as e:
         assert e.format_name == "elf"
-        assert _same_kept_pages(src, e) > 1000
+        assert assert_kept_pages_equal(src, e) > 1000
         for s, end in e.dumped_runs():
             assert all(src.page_state(p) is PageState.DUMPED for p in (s, end - 1))
 
@@ -80,7 +71,7 @@ def test_our_elf_opens_in_crash_and_makedumpfile(ref_bookworm: Any, tmp_path: Pa
                        timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     with open_dump(str(ref_bookworm.vmcore)) as src, open_dump(str(refiltered)) as k:
-        assert _same_kept_pages(src, k) > 1000
+        assert assert_kept_pages_equal(src, k) > 1000
 
 
 def test_lime_and_raw_round_trip_real(ref_bookworm: Any, tmp_path: Path) -> None:
@@ -89,5 +80,5 @@ def test_lime_and_raw_round_trip_real(ref_bookworm: Any, tmp_path: Path) -> None
         assert main(["convert", str(ref_bookworm.vmcore), str(out), "--format", fmt]) == 0
         with open_dump(str(ref_bookworm.vmcore)) as src, open_dump(str(out)) as back:
             assert back.ram_runs() == src.ram_runs()
-            assert _same_kept_pages(src, back) == sum(e - s for s, e in src.dumped_runs())
+            assert assert_kept_pages_equal(src, back) == sum(e - s for s, e in src.dumped_runs())
         out.unlink()

@@ -22,6 +22,7 @@ from kdumpkit.dump.flattened import FlattenedFile
 from kdumpkit.dump.kdump import KdumpFile, write_kdump
 from kdumpkit.dump.sink import FileSink
 from kdumpkit.dump.split import SplitDump
+from kdumpkit.dump.testing import assert_kept_pages_equal
 
 pytestmark = [
     pytest.mark.interop,
@@ -30,35 +31,25 @@ pytestmark = [
 ]
 
 
-def _page_equal(elf: Dump, other: Dump) -> int:
-    """Every page ``other`` holds equals the ELF's; returns how many were compared."""
-    n = 0
-    for pfn, data in other.iter_dumped_pages(batch=1024):
-        count = len(data) // other.page_size
-        assert bytes(data) == bytes(elf.read_pages(pfn, count)), f"pages at {pfn:#x} differ"
-        n += count
-    return n
-
-
 @pytest.fixture(scope="module")
 def elf(ref_bookworm: Any) -> Dump:
     return ElfDump(MappedFile(str(ref_bookworm.vmcore)))
 
 
 @pytest.mark.parametrize("attr", ["kdump_c31", "kdump_l31"])
-def test_makedumpfile_outputs_read_page_equal(ref_bookworm: Any, elf: Dump, attr: str) -> None:
+def test_makedumpfile_outputs_readassert_kept_pages_equal(ref_bookworm: Any, elf: Dump, attr: str) -> None:
     k = KdumpFile(MappedFile(str(getattr(ref_bookworm, attr))))
     assert not k.incomplete and k.info().details["dump_level"] == 31
     assert k.ram_runs() == elf.ram_runs()
-    assert _page_equal(elf, k) > 10_000
+    assert assert_kept_pages_equal(elf, k) > 10_000
     assert k.vmcoreinfo_raw() == elf.vmcoreinfo_raw()
 
 
 @pytest.mark.slow
-def test_makedumpfile_d0_reads_page_equal(ref_bookworm: Any, elf: Dump) -> None:
+def test_makedumpfile_d0_readsassert_kept_pages_equal(ref_bookworm: Any, elf: Dump) -> None:
     k = KdumpFile(MappedFile(str(ref_bookworm.kdump_c0)))
     assert k.dumped_runs() == elf.dumped_runs()
-    assert _page_equal(elf, k) == sum(e - s for s, e in elf.dumped_runs())
+    assert assert_kept_pages_equal(elf, k) == sum(e - s for s, e in elf.dumped_runs())
 
 
 def test_in_guest_flattened_stream_read_in_place(ref_bookworm: Any, elf: Dump) -> None:
@@ -66,15 +57,15 @@ def test_in_guest_flattened_stream_read_in_place(ref_bookworm: Any, elf: Dump) -
     assert ff.complete
     k = KdumpFile(ff)
     assert k.utsname()["release"] == ref_bookworm.release
-    assert _page_equal(elf, k) > 10_000
+    assert assert_kept_pages_equal(elf, k) > 10_000
 
 
-def test_makedumpfile_split_reads_page_equal(ref_bookworm: Any, elf: Dump) -> None:
+def test_makedumpfile_split_readsassert_kept_pages_equal(ref_bookworm: Any, elf: Dump) -> None:
     with SplitDump.open([str(p) for p in ref_bookworm.split]) as sd:
         assert len(sd.pieces) == 2
         whole = KdumpFile(MappedFile(str(ref_bookworm.kdump_c31)))
         assert sd.dumped_runs() == whole.dumped_runs()
-        assert _page_equal(elf, sd) > 10_000
+        assert assert_kept_pages_equal(elf, sd) > 10_000
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +81,7 @@ def test_our_kdump_reads_back(ours: Path, elf: Dump) -> None:
     k = KdumpFile(MappedFile(str(ours)))
     assert k.dumped_runs() == elf.dumped_runs() and k.ram_runs() == elf.ram_runs()
     assert k.notes() == elf.notes()
-    assert _page_equal(elf, k) == sum(e - s for s, e in elf.dumped_runs())
+    assert assert_kept_pages_equal(elf, k) == sum(e - s for s, e in elf.dumped_runs())
 
 
 def test_our_kdump_accepted_by_makedumpfile_and_crash(ours: Path, ref_bookworm: Any, tmp_path: Path) -> None:

@@ -14,25 +14,10 @@ from __future__ import annotations
 
 import bisect
 
-import numpy as np
-
-from kdumpkit.dump.base import Buffer, Dump, DumpInfo, Note, PageState, merge_runs
+from kdumpkit.dump.base import Buffer, Dump, DumpInfo, Note, PageState
+from kdumpkit.dump.elf import nonzero_runs
 
 PFN_EXCLUDED = 256  # makedumpfile: shorter excluded runs stay inside the segment
-
-
-def zero_free_runs(source: Dump, runs: list[tuple[int, int]], batch: int = 1024) -> list[tuple[int, int]]:
-    """``runs`` without the pages that are all zero (dump level bit 1)."""
-    ps = source.page_size
-    keep: list[tuple[int, int]] = []
-    for s, e in runs:
-        for pfn in range(s, e, batch):
-            n = min(batch, e - pfn)
-            words = np.frombuffer(bytes(source._read_dumped(pfn, n)), dtype=np.uint64).reshape(n, ps // 8)
-            nz = words.any(axis=1).astype(np.int8)
-            edges = np.flatnonzero(np.diff(np.concatenate(([0], nz, [0]))))
-            keep.extend((pfn + int(a), pfn + int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True))
-    return merge_runs(keep)
 
 
 def fill_short_gaps(kept: list[tuple[int, int]], ram: list[tuple[int, int]],
@@ -61,7 +46,7 @@ class ElfGapFill(Dump):
         self.format_name = inner.format_name  # type: ignore[misc]
         kept = inner.dumped_runs()
         if exclude_zero:
-            kept = zero_free_runs(inner, kept)
+            kept = nonzero_runs(inner, kept)
         self._kept = kept
         self._runs = fill_short_gaps(kept, inner.ram_runs())
         self._kept_starts = [s for s, _ in kept]

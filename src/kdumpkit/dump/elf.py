@@ -188,7 +188,7 @@ def _segments_for(ram: list[tuple[int, int]], dumped: list[tuple[int, int]]) -> 
     return segs
 
 
-def _zero_runs_removed(source: Dump, runs: list[tuple[int, int]], batch: int = 4096) -> list[tuple[int, int]]:
+def nonzero_runs(source: Dump, runs: list[tuple[int, int]], batch: int = 4096) -> list[tuple[int, int]]:
     """``runs`` minus pages that are entirely zero (dump level bit 1)."""
     ps = source.page_size
     keep: list[tuple[int, int]] = []
@@ -213,7 +213,7 @@ def write_elf(source: Dump, sink: Sink, *, elf_class: int = 64, exclude_zero: bo
     ram = source.ram_runs()
     dumped = source.dumped_runs()
     if exclude_zero:
-        dumped = _zero_runs_removed(source, dumped)
+        dumped = nonzero_runs(source, dumped)
     zero_pages = sum(e - s for s, e in source.dumped_runs()) - sum(e - s for s, e in dumped)
     segs = _segments_for(ram, dumped)
     limit = 1 << elf_class

@@ -336,3 +336,14 @@ def assert_same_pages(a: Dump, b: Dump, *, check_ram: bool = True) -> None:
                 ps = a.page_size
                 if bytes(data[i * ps:(i + 1) * ps]) != bytes(other[i * ps:(i + 1) * ps]):
                     raise AssertionError(f"page {pfn + i:#x} differs")
+
+
+def assert_kept_pages_equal(source: Dump, other: Dump, batch: int = 512) -> int:
+    """Every page ``other`` holds equals ``source``'s (a filtered or converted copy); returns the count compared."""
+    n = 0
+    for pfn, data in other.iter_dumped_pages(batch=batch):
+        count = len(data) // other.page_size
+        if bytes(data) != bytes(source.read_pages(pfn, count)):
+            raise AssertionError(f"pages at {pfn:#x} differ")
+        n += count
+    return n
