@@ -7,7 +7,7 @@ import json
 from kdumpkit.analyze.report import build_report, crash_signature, log_call_trace, render
 from kdumpkit.dump.testing import synthetic_dump
 from kdumpkit.kernel.printk import PrintkLog, PrintkRecord
-from kdumpkit.kernel.testing import SynthRecord, SyntheticKernel, prstatus_x86_64
+from kdumpkit.kernel.testing import SyntheticKernel, SynthRecord, prstatus_x86_64
 
 LOG = [
     b"Linux version 6.1.0-synthetic",
