@@ -153,3 +153,25 @@ def test_against_the_lab_vmcore(ref_bookworm: Any) -> None:
     assert len(phdrs) == len(real_ph) == 4
     assert [dict(p) for p in phdrs] == [dict(p) for p in real_ph]
     assert merged == raw[real_ph[0].p_offset:real_ph[0].p_offset + real_ph[0].p_filesz]
+
+
+def test_elfcorehdr_for_a_fixture_system(tmp_path: Path) -> None:
+    from kdumpkit.kexec.elfcorehdr import elfcorehdr_for_system
+
+    cpu = tmp_path / "sys/devices/system/cpu/cpu0"
+    cpu.mkdir(parents=True)
+    (cpu / "crash_notes").write_text("3fc1e000\n")
+    (cpu / "crash_notes_size").write_text("368\n")
+    (tmp_path / "sys/kernel/vmcoreinfo").parent.mkdir(parents=True)
+    (tmp_path / "sys/kernel/vmcoreinfo").write_text("0x0000000003c2e000 1024\n")
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/iomem").write_text("00001000-0009fbff : System RAM\n00100000-3ffd6fff : System RAM\n"
+                                         "  01000000-01ffffff : Kernel code\n  27000000-36ffffff : Crash kernel\n")
+    (tmp_path / "proc/kallsyms").write_text("ffffffff81000000 T _text\nffffffff83c00000 B _end\n")
+    _, ph = _small_reader(elfcorehdr_for_system(tmp_path, mode="file"))
+    assert ph == [(4, 0, 0x3FC1E000, 0, 0x3FC1E000, 368, 368, 0), (4, 0, 0x3C2E000, 0, 0x3C2E000, 0x1024, 0x1024, 0),
+                  (1, 7, 0x1000000, 0xFFFFFFFF81000000, 0x1000000, 0x2C00000, 0x2C00000, 0),
+                  (1, 7, 0x100000, 0, 0x100000, 0x26F00000, 0x26F00000, 0),   # no /proc/kcore: p_vaddr 0
+                  (1, 7, 0x37000000, 0, 0x37000000, 0x8FD7000, 0x8FD7000, 0)]
+    _, ph = _small_reader(elfcorehdr_for_system(tmp_path, mode="classic"))
+    assert ph[3][2] == 0x1000  # kexec-tools keeps the first 640 KiB

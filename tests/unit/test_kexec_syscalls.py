@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_kexec_bzimage import fake_bzimage
 
 from kdumpkit.cli.main import main
 from kdumpkit.errors import ConfigError, UnsupportedError, UsageError
@@ -140,7 +141,7 @@ def root(tmp_path: Path) -> Iterator[Path]:
     (tmp_path / "proc/sys/kernel/osrelease").write_text("6.1.0-56-amd64\n")
     (tmp_path / "proc/cmdline").write_text("root=/dev/vda ro quiet crashkernel=256M\n")
     (tmp_path / "boot").mkdir()
-    (tmp_path / "boot/vmlinuz-6.1.0-56-amd64").write_bytes(b"KERNEL")
+    (tmp_path / "boot/vmlinuz-6.1.0-56-amd64").write_bytes(fake_bzimage())
     (tmp_path / "boot/initrd.img-6.1.0-56-amd64").write_bytes(b"INITRD")
     yield tmp_path
 
@@ -152,14 +153,14 @@ def test_plan_and_load_pass_the_right_files(root: Path) -> None:
     got: dict[str, Any] = {}
 
     def fake(nr: Any, kfd: Any, ifd: Any, length: Any, buf: Any, flags: Any) -> int:
-        got["kernel"] = os.pread(_v(kfd), 16, 0)
+        got["kernel"] = os.pread(_v(kfd), 4, 0x202)
         got["initrd"] = os.pread(_v(ifd), 16, 0)
         got["cmdline"] = buf.value.decode()
         got["flags"] = _v(flags)
         return 0
 
     loader.load(plan, syscall=fake)
-    assert got == {"kernel": b"KERNEL", "initrd": b"INITRD", "cmdline": plan.cmdline, "flags": KEXEC_FILE_ON_CRASH}
+    assert got == {"kernel": b"HdrS", "initrd": b"INITRD", "cmdline": plan.cmdline, "flags": KEXEC_FILE_ON_CRASH}
     (root / "var/lib/kdumpkit").mkdir(parents=True)
     (root / "var/lib/kdumpkit/initrd.img-6.1.0-56-amd64").write_bytes(b"OURS")
     assert loader.plan_load(root=root).initrd == root / "var/lib/kdumpkit/initrd.img-6.1.0-56-amd64"
@@ -175,6 +176,13 @@ def test_plan_errors(root: Path) -> None:
     with pytest.raises(UsageError, match="--initrd"):
         loader.plan_load(root=root)
     assert loader.plan_load(root=root, no_initrd=True).initrd is None
+    (root / "boot/vmlinuz-6.1.0-56-amd64").write_bytes(fake_bzimage(cmdline_size=16))
+    with pytest.raises(UsageError, match="accepts 15"):
+        loader.plan_load(root=root, no_initrd=True)
+    (root / "boot/vmlinuz-6.1.0-56-amd64").write_bytes(b"\x7fELF" + bytes(4096))
+    with pytest.raises(ConfigError, match="not a bzImage"):
+        loader.plan_load(root=root, no_initrd=True)
+    assert loader.plan_load(root=root, no_initrd=True, check_image=False).kernel.name.startswith("vmlinuz")
 
 
 def test_unload_uses_the_matching_syscall() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from kdumpkit.cli.progress import print_json
 from kdumpkit.errors import KdumpkitError, UsageError
 from kdumpkit.kexec import crashkernel as ck
+from kdumpkit.kexec.bzimage import read_bzimage
 from kdumpkit.kexec.iomem import parse_iomem, read_iomem
 from kdumpkit.kexec.status import human, meminfo
 
@@ -34,7 +35,8 @@ def register(sub: Any) -> None:
     n.add_argument("--ram", help="system RAM size (default: this machine's, from /proc/iomem or /proc/meminfo)")
     n.add_argument("--arch", default="x86_64", choices=sorted(ck.DEFAULT_TABLES))
     n.add_argument("--sme-sev", action="store_true", help="memory encryption active (+64M, x86_64/s390x)")
-    n.add_argument("--kernel-size", help="capture kernel image size in memory (default: this kernel's, from /proc/iomem)")
+    n.add_argument("--kernel-size", help="capture kernel size in memory (default: this kernel's, from /proc/iomem)")
+    n.add_argument("--kernel-image", metavar="PATH", help="capture bzImage: its init_size is the kernel size")
     n.add_argument("--modules-size", help="modules the capture initramfs loads (default: all of /proc/modules)")
     n.add_argument("--initramfs-size", default="0", help="capture initramfs file size (e.g. 32M)")
     n.add_argument("--luks", default="0", help="LUKS2 keyslot memory (Argon2 cost) to open the dump target")
@@ -101,6 +103,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table = ck.default_crashkernel(args.arch, sme_sev=args.sme_sev)
     if args.kernel_size:
         ksize = ck.parse_size(args.kernel_size)
+    elif args.kernel_image:
+        ksize = read_bzimage(args.kernel_image).init_size
     else:
         try:
             ksize = parse_iomem(read_iomem(args.root)).kernel_image_size()

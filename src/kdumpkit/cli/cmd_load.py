@@ -24,6 +24,7 @@ def register(sub: Any) -> None:
     p.add_argument("--mode", choices=("file", "classic"), default="file",
                    help="file: kexec_file_load (default, works under lockdown); classic: kexec_load (not yet)")
     p.add_argument("--dry-run", action="store_true", help="show what would be loaded, load nothing")
+    p.add_argument("--no-image-check", action="store_true", help="do not check the kernel's bzImage header first")
     p.add_argument("--json", action="store_true")
     p.add_argument("--root", default="/", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_load)
@@ -37,7 +38,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     plan = loader.plan_load(root=args.root, kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline,
                             append=args.append, mode=args.mode,
                             remove=(*loader.DEFAULT_REMOVE, *(args.remove or ())),
-                            default_append=args.default_append, no_initrd=args.no_initrd)
+                            default_append=args.default_append, no_initrd=args.no_initrd,
+                            check_image=not args.no_image_check)
     info = {"mode": plan.mode, "kernel": str(plan.kernel), "initrd": str(plan.initrd) if plan.initrd else None,
             "cmdline": plan.cmdline, "flags": plan.flags, "loaded": False}
     if not args.dry_run:

@@ -264,3 +264,21 @@ def page_offset_from_kcore(path: Path | str = "/proc/kcore") -> int | None:
     finally:
         os.close(fd)
     return None
+
+
+def elfcorehdr_for_system(root: Path | str = "/", *, mode: str = "classic") -> bytes:
+    """The elfcorehdr for the running system, from ``/proc`` and ``/sys`` below ``root`` (needs root).
+
+    ``mode`` picks the RAM list (see :func:`kdumpkit.kexec.iomem.crash_memory_ranges`).
+    The kernel text PT_LOAD is left out when ``/proc/kallsyms`` hides
+    addresses; ``p_vaddr`` of RAM is 0 when ``/proc/kcore`` is unreadable.
+    Nothing here is needed for kexec_file_load, which builds its own.
+    """
+    from kdumpkit.kexec.iomem import crash_memory_ranges, parse_iomem, read_iomem
+
+    rootp = Path(root)
+    iomem = parse_iomem(read_iomem(rootp))
+    code = iomem.kernel_code()
+    return build_elfcorehdr(read_cpu_notes(rootp), read_vmcoreinfo_region(rootp),
+                            kernel_text(rootp, code[0] if code else None), crash_memory_ranges(iomem, mode=mode),
+                            page_offset=page_offset_from_kcore(rootp / "proc/kcore"))

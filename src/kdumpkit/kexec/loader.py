@@ -25,6 +25,7 @@ from pathlib import Path
 
 from kdumpkit.errors import ConfigError, KdumpkitError, UsageError
 from kdumpkit.kexec import syscalls
+from kdumpkit.kexec.bzimage import read_bzimage
 from kdumpkit.kexec.syscalls import KEXEC_FILE_ON_CRASH, SyscallFn
 
 #: kdumpctl's KDUMP_COMMANDLINE_REMOVE (x86_64) plus what ``prepare_cmdline`` always removes.
@@ -133,8 +134,13 @@ def default_initrd(root: Path | str = "/") -> Path | None:
 def plan_load(*, root: Path | str = "/", kernel: str | Path | None = None, initrd: str | Path | None = None,
               cmdline: str | None = None, append: str = "", mode: str = "file",
               remove: Sequence[str] = DEFAULT_REMOVE, default_append: str = DEFAULT_APPEND,
-              no_initrd: bool = False) -> LoadPlan:
-    """Resolve paths and the command line; nothing is loaded."""
+              no_initrd: bool = False, check_image: bool = True) -> LoadPlan:
+    """Resolve paths and the command line; nothing is loaded.
+
+    With ``check_image`` the kernel must be a relocatable 64-bit bzImage and
+    the command line must fit its ``cmdline_size`` -- errors the kernel
+    would otherwise report as a bare ENOEXEC or EINVAL.
+    """
     if mode not in ("file", "classic"):
         raise UsageError(f"--mode must be 'file' or 'classic', not {mode!r}")
     if mode == "classic":
@@ -161,6 +167,13 @@ def plan_load(*, root: Path | str = "/", kernel: str | Path | None = None, initr
         line = capture_cmdline(current, remove=remove, append=default_append, extra=append)
     else:
         line = " ".join(split_cmdline(cmdline) + split_cmdline(append))
+    if check_image:
+        image = read_bzimage(kpath)
+        image.check_crash_kernel()
+        if len(line) >= image.cmdline_size:
+            raise UsageError(f"the capture command line has {len(line)} characters, {kpath} accepts "
+                             f"{image.cmdline_size - 1}")
+        notes.append(f"kernel: {image.version_string or kpath.name} (needs {image.init_size >> 20} MiB to run)")
     flags = KEXEC_FILE_ON_CRASH
     return LoadPlan(mode, kpath, ipath, line, flags, notes)
 
