@@ -18,7 +18,7 @@ from kdumpkit.dump.sink import FileSink, Sink
 from kdumpkit.dump.writer import Progress, WriteStats
 from kdumpkit.errors import OutputError, UsageError
 
-WRITE_FORMATS = ["elf", "kdump", "flat", "raw", "lime"]
+WRITE_FORMATS = ["elf", "kdump", "flat", "raw", "lime", "lkcd"]
 
 
 def write_to_sink(source: Dump, sink: Sink, fmt: str, *, path: str = "", codec: str | None = "zlib",
@@ -46,6 +46,10 @@ def write_to_sink(source: Dump, sink: Sink, fmt: str, *, path: str = "", codec: 
         from kdumpkit.dump.raw import write_raw
 
         return write_raw(source, sink, path, progress=progress)
+    if fmt == "lkcd":
+        from kdumpkit.dump.lkcd import write_lkcd
+
+        return write_lkcd(source, sink, exclude_zero=exclude_zero, progress=progress)
     raise UsageError(f"cannot write format {fmt!r} (writable: {', '.join(WRITE_FORMATS)})")
 
 

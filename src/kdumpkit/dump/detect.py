@@ -19,6 +19,10 @@ from kdumpkit.errors import DumpError, NotADumpError, UsageError
 # (format name, module, class) in probe order.
 PROBES: list[tuple[str, str, str]] = [
     ("kdump", "kdumpkit.dump.kdump", "KdumpFile"),
+    ("lkcd", "kdumpkit.dump.lkcd", "LkcdDump"),
+    ("avml", "kdumpkit.dump.avml", "AvmlDump"),
+    ("vmware", "kdumpkit.dump.vmware", "VmssDump"),
+    ("qemu", "kdumpkit.dump.qemu", "QemuElfDump"),
     ("elf", "kdumpkit.dump.elf", "ElfDump"),
     ("lime", "kdumpkit.dump.lime", "LimeDump"),
     ("raw", "kdumpkit.dump.raw", "RawDump"),
