@@ -27,6 +27,8 @@ def register(sub: Any) -> None:
     p.add_argument("--elf32", action="store_true", help="write ELF32 (memory below 4 GiB only)")
     p.add_argument("--num-threads", type=int, default=1, help="compression workers")
     p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.add_argument("--vmcoreinfo", metavar="FILE", help="VMCOREINFO text to put in OUT (or 'scan' / 'none'); "
+                   "default: the input's own, else a bounded search of its memory")
     p.add_argument("--json", action="store_true", help="JSON progress events and result")
     p.set_defaults(func=run, codec=None)
 
@@ -38,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("convert needs IN and OUT")
     *inputs, out = args.input
     codec = args.codec or "zlib"
-    with open_dump(inputs, format=args.input_format) as src, \
+    from kdumpkit.dump.override import with_vmcoreinfo
+
+    with with_vmcoreinfo(open_dump(inputs, format=args.input_format), args.vmcoreinfo) as src, \
             progress_reporter("convert", json_events=args.json) as progress:
         stats = convert(src, out, args.format, force=args.force, codec=None if codec == "none" else codec,
                         exclude_zero=args.exclude_zero, elf_class=32 if args.elf32 else 64, progress=progress,

@@ -15,6 +15,8 @@ def register(sub: Any) -> None:
     p.add_argument("dump", nargs="+", help="dump file (several for a --split set)")
     p.add_argument("--format", dest="input_format", help="force the input format")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--vmcoreinfo", metavar="FILE", help="VMCOREINFO text to use (or 'scan' / 'none'); default: "
+                   "the dump's own, else a bounded search of its memory")
     p.set_defaults(func=run)
 
 
@@ -27,7 +29,9 @@ def _human(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_dump(args.dump, format=args.input_format) as dump:
+    from kdumpkit.dump.override import with_vmcoreinfo
+
+    with with_vmcoreinfo(open_dump(args.dump, format=args.input_format), args.vmcoreinfo) as dump:
         info = dump_info(dump)
     if args.json:
         print_json(info)
