@@ -37,6 +37,15 @@ def _writers() -> dict[str, Callable[[Dump, MemorySink], object]]:
         w["kdump-raw"] = lambda s, k: write_kdump(s, k, codec=None)
     except ImportError:
         pass
+    try:
+        from kdumpkit.dump.avml import write_avml
+        from kdumpkit.dump.lkcd import write_lkcd
+
+        w["lkcd"] = lambda s, k: write_lkcd(s, k, compression="gzip")
+        w["lkcd-rle"] = lambda s, k: write_lkcd(s, k, compression="rle")
+        w["avml"] = write_avml
+    except ImportError:
+        pass
     return w
 
 

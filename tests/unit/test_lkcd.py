@@ -14,8 +14,16 @@ from kdumpkit.dump import open_dump
 from kdumpkit.dump.base import PageState
 from kdumpkit.dump.elf import write_elf
 from kdumpkit.dump.fileio import BytesSource
-from kdumpkit.dump.lkcd import (DUMP_COMPRESSED, DUMP_END, DUMP_MAGIC, DUMP_RAW, LkcdDump, rle_decode, rle_encode,
-                                write_lkcd)
+from kdumpkit.dump.lkcd import (
+    DUMP_COMPRESSED,
+    DUMP_END,
+    DUMP_MAGIC,
+    DUMP_RAW,
+    LkcdDump,
+    rle_decode,
+    rle_encode,
+    write_lkcd,
+)
 from kdumpkit.dump.sink import FileSink, MemorySink
 from kdumpkit.dump.testing import assert_kept_pages_equal, assert_same_pages, synthetic_dump
 from kdumpkit.errors import CorruptDumpError, KdumpkitError, UnsupportedError

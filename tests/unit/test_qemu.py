@@ -9,8 +9,7 @@ import struct
 from kdumpkit.dump import open_dump
 from kdumpkit.dump.base import NT_PRSTATUS, Note
 from kdumpkit.dump.elf import write_elf
-from kdumpkit.dump.qemu import (GPRS, QemuElfDump, cpu_registers, parse_prstatus, parse_qemu_cpu_state,
-                                qemu_cpu_states)
+from kdumpkit.dump.qemu import GPRS, QemuElfDump, cpu_registers, parse_prstatus, parse_qemu_cpu_state, qemu_cpu_states
 from kdumpkit.dump.sink import FileSink
 from kdumpkit.dump.testing import synthetic_dump
 
