@@ -37,7 +37,7 @@ def elf(ref_bookworm: Any) -> Dump:
 
 
 @pytest.mark.parametrize("attr", ["kdump_c31", "kdump_l31"])
-def test_makedumpfile_outputs_readassert_kept_pages_equal(ref_bookworm: Any, elf: Dump, attr: str) -> None:
+def test_makedumpfile_outputs_read_page_equal(ref_bookworm: Any, elf: Dump, attr: str) -> None:
     k = KdumpFile(MappedFile(str(getattr(ref_bookworm, attr))))
     assert not k.incomplete and k.info().details["dump_level"] == 31
     assert k.ram_runs() == elf.ram_runs()
@@ -46,7 +46,7 @@ def test_makedumpfile_outputs_readassert_kept_pages_equal(ref_bookworm: Any, elf
 
 
 @pytest.mark.slow
-def test_makedumpfile_d0_readsassert_kept_pages_equal(ref_bookworm: Any, elf: Dump) -> None:
+def test_makedumpfile_d0_reads_page_equal(ref_bookworm: Any, elf: Dump) -> None:
     k = KdumpFile(MappedFile(str(ref_bookworm.kdump_c0)))
     assert k.dumped_runs() == elf.dumped_runs()
     assert assert_kept_pages_equal(elf, k) == sum(e - s for s, e in elf.dumped_runs())
@@ -60,7 +60,7 @@ def test_in_guest_flattened_stream_read_in_place(ref_bookworm: Any, elf: Dump) -
     assert assert_kept_pages_equal(elf, k) > 10_000
 
 
-def test_makedumpfile_split_readsassert_kept_pages_equal(ref_bookworm: Any, elf: Dump) -> None:
+def test_makedumpfile_split_reads_page_equal(ref_bookworm: Any, elf: Dump) -> None:
     with SplitDump.open([str(p) for p in ref_bookworm.split]) as sd:
         assert len(sd.pieces) == 2
         whole = KdumpFile(MappedFile(str(ref_bookworm.kdump_c31)))
