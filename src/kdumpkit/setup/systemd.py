@@ -1,0 +1,113 @@
+"""The boot-time pieces: two systemd units and a kernel postinst hook.
+
+* ``kdumpkit-load.service`` loads the capture kernel at every boot (and
+  unloads it on stop).  It is skipped, not failed, when no crash memory was
+  reserved: ``/sys/kernel/kexec_crash_size`` is 0 after a boot without
+  ``crashkernel=``, and a failed unit on every such boot would be noise.
+* ``kdumpkit-report.service`` runs ``kdumpkit setup post-boot`` at every
+  boot: restore a dump left on a raw device, then write ``report.txt`` and
+  ``report.json`` next to each dump that has none — the first-pass triage
+  is waiting when the admin logs in after the crash.
+* ``/etc/kernel/postinst.d/zz-kdumpkit`` re-arms after a kernel update
+  (Debian's hook directory; also run by kernel-install plugins that call it):
+  it builds the capture initramfs for the new kernel, and reloads when the
+  reinstalled kernel is the running one (otherwise the next boot loads it).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from kdumpkit.setup.system import MARK, Change, Context, find_program
+
+UNIT_DIR = "etc/systemd/system"
+LOAD_UNIT = "kdumpkit-load.service"
+REPORT_UNIT = "kdumpkit-report.service"
+UNITS = (LOAD_UNIT, REPORT_UNIT)
+WANTS_DIR = f"{UNIT_DIR}/multi-user.target.wants"
+POSTINST_HOOK = "etc/kernel/postinst.d/zz-kdumpkit"
+
+
+def load_unit(exe: str, append: str = "") -> str:
+    extra = f" --append {shlex.quote(append)}" if append else ""
+    return f"""# {MARK}
+[Unit]
+Description=kdumpkit: load the capture kernel (kdump)
+After=local-fs.target
+ConditionPathExists=/sys/kernel/kexec_crash_size
+# No crash kernel memory reserved (no crashkernel= at boot): skip, do not fail.
+ExecCondition=/bin/sh -c 'test "$(cat /sys/kernel/kexec_crash_size)" -gt 0'
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={exe} load{extra}
+ExecStop={exe} unload
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def report_unit(exe: str, config: str, mounts: list[str]) -> str:
+    requires = f"RequiresMountsFor={' '.join(sorted(set(mounts)))}\n" if mounts else ""
+    return f"""# {MARK}
+[Unit]
+Description=kdumpkit: restore raw-device dumps and write crash reports after a crash
+After=local-fs.target network-online.target
+{requires}
+[Service]
+Type=oneshot
+ExecStart={exe} setup post-boot --config {shlex.quote(config)}
+Nice=10
+IOSchedulingClass=idle
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def postinst_hook(exe: str) -> str:
+    return f"""#!/bin/sh
+# {MARK}
+# Re-arm kdump after a kernel update: build the capture initramfs for the new
+# kernel; reload when the updated kernel is the one running.
+version="$1"
+[ -n "$version" ] || exit 0
+[ -x {exe} ] || exit 0
+{exe} initramfs build --kernel-version "$version" ||
+    echo "kdumpkit: capture initramfs for $version not built (kdump may not work after reboot)" >&2
+if [ "$version" = "$(uname -r)" ] && systemctl -q is-active {LOAD_UNIT} 2>/dev/null; then
+    systemctl restart {LOAD_UNIT} || echo "kdumpkit: reload failed (kdumpkit status)" >&2
+fi
+exit 0
+"""
+
+
+def install(ctx: Context, *, exe: str, config: str, mounts: list[str], append: str = "") -> None:
+    changed = ctx.write(f"{UNIT_DIR}/{LOAD_UNIT}", load_unit(exe, append), detail="loads at boot")
+    changed |= ctx.write(f"{UNIT_DIR}/{REPORT_UNIT}", report_unit(exe, config, mounts),
+                         detail="reports after a crash")
+    ctx.write(POSTINST_HOOK, postinst_hook(exe), mode=0o755, detail="re-arms after kernel updates")
+    if not find_program(ctx.root, "systemctl"):
+        ctx.note("warn", "no systemctl: enable kdumpkit-load.service and kdumpkit-report.service yourself")
+        return
+    if changed:
+        ctx.run(["systemctl", "daemon-reload"])
+    if not all(ctx.path(f"{WANTS_DIR}/{u}").exists() or ctx.path(f"{WANTS_DIR}/{u}").is_symlink() for u in UNITS):
+        ctx.run(["systemctl", "enable", *UNITS], "start at every boot")
+    else:
+        ctx.changes.append(Change("command", "unchanged", "systemctl enable " + " ".join(UNITS), "already enabled"))
+
+
+def uninstall(ctx: Context) -> None:
+    if find_program(ctx.root, "systemctl") and any(
+            ctx.path(f"{WANTS_DIR}/{u}").is_symlink() or ctx.path(f"{WANTS_DIR}/{u}").exists() for u in UNITS):
+        ctx.run(["systemctl", "disable", "--now", *UNITS], "stop (unloads the capture kernel)")
+    removed = False
+    for u in UNITS:
+        removed |= ctx.remove(f"{UNIT_DIR}/{u}")
+    ctx.remove(POSTINST_HOOK)
+    if removed and find_program(ctx.root, "systemctl"):
+        ctx.run(["systemctl", "daemon-reload"])
+
