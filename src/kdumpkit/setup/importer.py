@@ -345,7 +345,7 @@ def parse_kdump_tools(text: str, *, source: str = KDUMP_TOOLS) -> Imported:
     dmesg = v.pop("KDUMP_DUMP_DMESG", "")
     if dmesg:
         out.data["dmesg"] = dmesg != "0"
-    append = v.pop("KDUMP_CMDLINE_APPEND", "")
+    append = _cmdline_append(v.pop("KDUMP_CMDLINE_APPEND", ""), out)
     if append:
         out.data.setdefault("extra", {})["cmdline_append"] = append
     sysctl = v.pop("KDUMP_SYSCTL", "")
@@ -360,6 +360,22 @@ def parse_kdump_tools(text: str, *, source: str = KDUMP_TOOLS) -> Imported:
         else:
             out.warn(f"unknown variable {name} (value not copied)")
     return out
+
+
+def _cmdline_append(text: str, out: Imported) -> str:
+    """Keep what kdumpkit load does not already append; kdump-tools' own systemd unit makes no sense here."""
+    from kdumpkit.kexec.loader import DEFAULT_APPEND
+
+    ours = set(DEFAULT_APPEND.split())
+    keep: list[str] = []
+    for word in text.split():
+        if word.startswith("systemd.unit="):
+            out.warn(f"KDUMP_CMDLINE_APPEND: {word} belongs to kdump-tools (kdumpkit's initramfs runs its own init)")
+        elif word in ours:
+            out.warn(f"KDUMP_CMDLINE_APPEND: {word} is already in kdumpkit load's defaults")
+        else:
+            keep.append(word)
+    return " ".join(keep)
 
 
 def _fail_cmd(cmd: str, out: Imported) -> str:
