@@ -327,3 +327,81 @@ def test_cli_setup_invalid_crashkernel(tmp_path: Path, capsys: pytest.CaptureFix
     root = make_root(tmp_path)
     assert main(["setup", "--root", str(root), "--crashkernel", "256M,medium"]) == 2
     assert "crashkernel=" in capsys.readouterr().err
+
+
+# -- post-boot: raw restore and reports ------------------------------------------------------
+def _crash_folder(base: Path, name: str = "host-2024-05-06-07:08:09", vmcore: bytes | None = None) -> Path:
+    from kdumpkit.capture.engine import SaveOptions, save_to_file
+    from kdumpkit.dump.testing import synthetic_dump
+
+    d = base / name
+    d.mkdir(parents=True)
+    (d / "dmesg.txt").write_text("log\n")
+    if vmcore is None:
+        save_to_file(synthetic_dump(), str(d / "vmcore"), SaveOptions(dump_levels=(0,), selfcheck=False))
+    else:
+        (d / "vmcore").write_bytes(vmcore)
+    return d
+
+
+def test_post_boot_reports_each_new_dump_once(tmp_path: Path) -> None:
+    from kdumpkit.setup.config import Config, Target
+    from kdumpkit.setup.postboot import REPORT_JSON, REPORT_TXT, post_boot
+
+    good = _crash_folder(tmp_path / "var/crash")
+    bad = _crash_folder(tmp_path / "var/crash", "host-2024-05-07-07:08:09", vmcore=b"not a dump at all" * 100)
+    (tmp_path / "var/crash/unrelated").mkdir()
+    cfg = Config(targets=(Target("local", path="/var/crash"),))
+    logs: list[str] = []
+    res = post_boot(cfg, root=tmp_path, log=logs.append)
+    assert res.reported == [str(good)] and res.failed == [str(bad)]
+    assert (good / REPORT_TXT).read_text().startswith("kdumpkit crash report")
+    assert json.loads((good / REPORT_JSON).read_text())["kernel"]["release"] == "6.1.0-synthetic"
+    assert (good / REPORT_TXT).stat().st_mode & 0o777 == 0o600
+    assert "no report" in (bad / REPORT_TXT).read_text() and "error" in json.loads((bad / REPORT_JSON).read_text())
+    assert len(logs) == 2
+    again = post_boot(cfg, root=tmp_path)  # reports exist: nothing to do, the bad dump is not retried
+    assert again.as_dict() == {"restored": [], "reported": [], "failed": []}
+
+
+def test_post_boot_raw_restore_then_report(tmp_path: Path) -> None:
+    from kdumpkit.errors import NotADumpError, OutputError
+    from kdumpkit.setup.config import Config, Target
+    from kdumpkit.setup.postboot import post_boot
+
+    calls: list[tuple[str, str]] = []
+
+    def restore(device: str, out_dir: str) -> str:
+        calls.append((device, out_dir))
+        if device.endswith("vdb"):
+            return str(_crash_folder(Path(out_dir), "raw-2024-05-06-07:08:09"))
+        if device.endswith("vdc"):
+            raise NotADumpError("nothing")
+        raise OutputError("cannot open")
+
+    cfg = Config(targets=(Target("raw", device="/dev/vdb"), Target("raw", device="/dev/vdc"),
+                          Target("raw", device="/dev/vdd"), Target("ssh", host="h", key="/k")),
+                 rootfs_path="/var/crash")
+    res = post_boot(cfg, root=tmp_path, make=lambda p: ("text\n", {"ok": p}), restore=restore)
+    assert [c[0] for c in calls] == [str(tmp_path / "dev/vdb"), str(tmp_path / "dev/vdc"), str(tmp_path / "dev/vdd")]
+    assert res.restored == [str(tmp_path / "var/crash/raw-2024-05-06-07:08:09")]
+    assert res.reported == res.restored and res.failed == ["/dev/vdd"]
+
+
+def test_report_dirs() -> None:
+    from kdumpkit.setup.config import Config, Target
+    from kdumpkit.setup.postboot import report_dirs
+
+    assert report_dirs(Config()) == ["/var/crash"]
+    cfg = Config(targets=(Target("nfs", server="n:/e"), Target("local", path="/a"), Target("local", path="/a")),
+                 failure_action="dump_to_rootfs", rootfs_path="/b")
+    assert report_dirs(cfg) == ["/a", "/b"]
+
+
+def test_cli_post_boot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = _crash_folder(tmp_path / "srv/crash")
+    cfg = tmp_path / "k.toml"
+    cfg.write_text('[[target]]\ntype = "local"\npath = "/srv/crash"\n')
+    assert main(["setup", "post-boot", "--config", str(cfg), "--root", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reported"] == [str(d)] and (d / "report.txt").exists()
