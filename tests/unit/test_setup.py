@@ -405,3 +405,27 @@ def test_cli_post_boot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["setup", "post-boot", "--config", str(cfg), "--root", str(tmp_path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["reported"] == [str(d)] and (d / "report.txt").exists()
+
+
+def test_setup_builds_capture_initramfs_when_missing_or_stale(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "proc/sys/kernel/osrelease").write_text("6.1.0-99-amd64\n")
+    cfg = tmp_path / "k.toml"
+    cfg.write_text("codec = \"zstd\"\n")
+    run = FakeRunner(root)
+    setup(root=root, runner=run, live=True, exe=EXE, config=str(cfg))
+    build = f"{EXE} initramfs build --kernel-version 6.1.0-99-amd64 --config {cfg}"
+    assert build in run.commands()
+    initrd = root / systemd.initrd_path("6.1.0-99-amd64")
+    initrd.parent.mkdir(parents=True, exist_ok=True)
+    initrd.write_bytes(b"cpio")
+    os.utime(cfg, (1_000_000, 1_000_000))
+    run2 = FakeRunner(root)
+    assert not setup(root=root, runner=run2, live=True, exe=EXE, config=str(cfg)).changed and run2.calls == []
+    os.utime(cfg, None)  # config edited after the build: rebuild
+    os.utime(initrd, (1_000_000, 1_000_000))
+    run3 = FakeRunner(root)
+    setup(root=root, runner=run3, live=True, exe=EXE, config=str(cfg))
+    assert run3.commands() == [build]
+    hook = (root / systemd.POSTINST_HOOK).read_text()
+    assert f'initramfs build --kernel-version "$version" --config {cfg}' in hook

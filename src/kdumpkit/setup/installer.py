@@ -52,6 +52,14 @@ def default_exe() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "kdumpkit")
 
 
+def running_release(root: Path) -> str | None:
+    """The running kernel's release (``uname -r``) as seen under ``root``."""
+    try:
+        return (root / "proc/sys/kernel/osrelease").read_text().strip() or None
+    except OSError:
+        return os.uname().release if str(root) == "/" else None
+
+
 def read_config(root: Path, path: str | None) -> tuple[Config, str]:
     """The config setup follows (``--config``, else the default path under root, else the defaults)."""
     if path:
@@ -86,7 +94,10 @@ def setup(*, root: str | Path = "/", config: str | None = None, crashkernel: str
         append = cfg.extra.get("cmdline_append", "")
         if not isinstance(append, str):
             raise ConfigError("extra.cmdline_append: expected a string")
-        systemd.install(ctx, exe=exe or default_exe(), config=cfg_path, mounts=report_dirs(cfg), append=append)
+        program = exe or default_exe()
+        systemd.install(ctx, exe=program, config=cfg_path, mounts=report_dirs(cfg), append=append)
+        systemd.build_initramfs(ctx, exe=program, config=cfg_path, release=running_release(rootp),
+                                config_file=Path(config) if config else rootp / DEFAULT_CONFIG.lstrip("/"))
         if not result.reboot_needed:
             ctx.note("info", f"start now with: systemctl start {systemd.LOAD_UNIT} (or reboot)")
     return result

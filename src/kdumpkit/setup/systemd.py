@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from kdumpkit.setup.system import MARK, Change, Context, find_program
 
@@ -67,7 +68,7 @@ WantedBy=multi-user.target
 """
 
 
-def postinst_hook(exe: str) -> str:
+def postinst_hook(exe: str, config: str) -> str:
     return f"""#!/bin/sh
 # {MARK}
 # Re-arm kdump after a kernel update: build the capture initramfs for the new
@@ -75,7 +76,7 @@ def postinst_hook(exe: str) -> str:
 version="$1"
 [ -n "$version" ] || exit 0
 [ -x {exe} ] || exit 0
-{exe} initramfs build --kernel-version "$version" ||
+{exe} initramfs build --kernel-version "$version" --config {shlex.quote(config)} ||
     echo "kdumpkit: capture initramfs for $version not built (kdump may not work after reboot)" >&2
 if [ "$version" = "$(uname -r)" ] && systemctl -q is-active {LOAD_UNIT} 2>/dev/null; then
     systemctl restart {LOAD_UNIT} || echo "kdumpkit: reload failed (kdumpkit status)" >&2
@@ -88,7 +89,7 @@ def install(ctx: Context, *, exe: str, config: str, mounts: list[str], append: s
     changed = ctx.write(f"{UNIT_DIR}/{LOAD_UNIT}", load_unit(exe, append), detail="loads at boot")
     changed |= ctx.write(f"{UNIT_DIR}/{REPORT_UNIT}", report_unit(exe, config, mounts),
                          detail="reports after a crash")
-    ctx.write(POSTINST_HOOK, postinst_hook(exe), mode=0o755, detail="re-arms after kernel updates")
+    ctx.write(POSTINST_HOOK, postinst_hook(exe, config), mode=0o755, detail="re-arms after kernel updates")
     if not find_program(ctx.root, "systemctl"):
         ctx.note("warn", "no systemctl: enable kdumpkit-load.service and kdumpkit-report.service yourself")
         return
@@ -98,6 +99,24 @@ def install(ctx: Context, *, exe: str, config: str, mounts: list[str], append: s
         ctx.run(["systemctl", "enable", *UNITS], "start at every boot")
     else:
         ctx.changes.append(Change("command", "unchanged", "systemctl enable " + " ".join(UNITS), "already enabled"))
+
+
+def initrd_path(release: str) -> str:
+    """Where ``kdumpkit initramfs build`` puts the capture initramfs (the first place ``kdumpkit load`` looks)."""
+    return f"var/lib/kdumpkit/initrd.img-{release}"
+
+
+def build_initramfs(ctx: Context, *, exe: str, config: str, config_file: Path, release: str | None) -> None:
+    """Build the capture initramfs when it is missing or older than the config it embeds (``config_file``)."""
+    if release is None:
+        ctx.note("warn", "kernel release unknown: build the capture initramfs with kdumpkit initramfs build")
+        return
+    initrd = ctx.path(initrd_path(release))
+    if initrd.exists() and not (config_file.exists() and config_file.stat().st_mtime > initrd.stat().st_mtime):
+        ctx.changes.append(Change("file", "unchanged", "/" + initrd_path(release), "capture initramfs"))
+        return
+    why = "capture initramfs missing" if not initrd.exists() else "the config changed since it was built"
+    ctx.run([exe, "initramfs", "build", "--kernel-version", release, "--config", config], why)
 
 
 def uninstall(ctx: Context) -> None:
