@@ -429,3 +429,10 @@ def test_setup_builds_capture_initramfs_when_missing_or_stale(tmp_path: Path) ->
     assert run3.commands() == [build]
     hook = (root / systemd.POSTINST_HOOK).read_text()
     assert f'initramfs build --kernel-version "$version" --config {cfg}' in hook
+
+
+def test_post_boot_with_default_config_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # kdumpkit-report.service passes --config /etc/kdumpkit/kdumpkit.toml even before one was written
+    d = _crash_folder(tmp_path / "var/crash")
+    assert main(["setup", "post-boot", "--config", "/etc/kdumpkit/kdumpkit.toml", "--root", str(tmp_path)]) == 0
+    assert (d / "report.txt").exists() and "report:" in capsys.readouterr().err

@@ -148,7 +148,6 @@ _UNSUPPORTED = {
     "link_delay": "network targets wait for the link themselves",
     "disk_timeout": "not supported",
     "blacklist": "not supported (the capture initramfs loads only the modules it needs)",
-    "sshkey": "",
 }
 
 

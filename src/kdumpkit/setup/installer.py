@@ -62,7 +62,7 @@ def running_release(root: Path) -> str | None:
 
 def read_config(root: Path, path: str | None) -> tuple[Config, str]:
     """The config setup follows (``--config``, else the default path under root, else the defaults)."""
-    if path:
+    if path and path != DEFAULT_CONFIG:  # the units pass the default path explicitly: it may not exist yet
         return load_config(path), os.path.abspath(path)
     p = root / DEFAULT_CONFIG.lstrip("/")
     return (load_config(str(p)) if p.exists() else Config()), DEFAULT_CONFIG
