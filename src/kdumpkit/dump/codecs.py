@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kdumpkit.dump.base import Buffer
 from kdumpkit.errors import CorruptDumpError, UnsupportedCompressionError
 
 FLAG_ZLIB = 0x01
@@ -28,11 +29,11 @@ COMPRESSION_FLAGS = FLAG_ZLIB | FLAG_LZO | FLAG_SNAPPY | FLAG_ZSTD
 class Codec:
     name: str
     flag: int
-    compress: Callable[[bytes], bytes]
+    compress: Callable[[Buffer], bytes]  # takes any bytes-like page
     decompress: Callable[[bytes, int], bytes]
 
 
-def _zlib_compressor() -> Callable[[bytes], bytes]:
+def _zlib_compressor() -> Callable[[Buffer], bytes]:
     try:
         from zlib_ng import zlib_ng  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
@@ -53,7 +54,7 @@ def _lzo() -> Codec:
     return Codec(
         "lzo",
         FLAG_LZO,
-        lambda b: lzo.compress(b, 1, False),
+        lambda b: lzo.compress(bytes(b), 1, False),  # python-lzo takes only bytes
         lambda d, n: lzo.decompress(d, False, n),
     )
 

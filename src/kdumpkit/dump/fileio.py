@@ -38,8 +38,19 @@ class ByteSource(ABC):
             raise TruncatedDumpError(f"{what} of {length} bytes at {offset} in {self.name}", min(max(offset, 0), self.size))
 
 
+TRIM_BYTES = 8 << 20  # drop mapped pages after this much has been read
+
+
 class MappedFile(ByteSource):
-    """A regular file read through mmap (empty files are allowed, size 0)."""
+    """A regular file read through mmap (empty files are allowed, size 0).
+
+    Mapped file pages count in the process's RSS, so streaming a 1 TiB vmcore
+    through one mapping would make RSS grow with the dump.  Every
+    ``TRIM_BYTES`` read, the range touched since the last trim is released
+    with ``MADV_DONTNEED``: for a read-only shared file mapping that only
+    unmaps the pages (the page cache keeps them, a later access faults them
+    back in), so memory stays bounded and views already handed out stay valid.
+    """
 
     def __init__(self, path: str) -> None:
         self.name = path
@@ -49,6 +60,7 @@ class MappedFile(ByteSource):
             raise DumpError(f"cannot open {path}: {e.strerror}") from None
         self.size = os.fstat(self._fd).st_size
         self._mm: mmap.mmap | None = None
+        self._lo = self._hi = self._since_trim = 0
         if self.size:
             try:
                 self._mm = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
@@ -58,6 +70,7 @@ class MappedFile(ByteSource):
     def view(self, offset: int, length: int) -> Buffer:
         self._check(offset, length)
         if self._mm is not None:
+            self._touch(offset, length)
             return memoryview(self._mm)[offset:offset + length]
         data = os.pread(self._fd, length, offset)
         if len(data) != length:
@@ -67,8 +80,25 @@ class MappedFile(ByteSource):
     def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length)
         if self._mm is not None:
+            self._touch(offset, length)
             return self._mm[offset:offset + length]
         return bytes(self.view(offset, length))
+
+    def _touch(self, offset: int, length: int) -> None:
+        # Release what earlier requests touched (their pages are faulted in by
+        # now); the current request is added after, so it is never cut short.
+        if self._since_trim >= TRIM_BYTES and self._mm is not None:
+            lo = self._lo & ~(mmap.PAGESIZE - 1)
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, lo, self._hi - lo)
+            except (OSError, ValueError):
+                pass  # only a memory optimisation
+            self._since_trim = 0
+        if self._since_trim == 0:
+            self._lo, self._hi = offset, offset + length
+        else:
+            self._lo, self._hi = min(self._lo, offset), max(self._hi, offset + length)
+        self._since_trim += length
 
     def close(self) -> None:
         if self._mm is not None:

@@ -745,23 +745,18 @@ def encode_batch(codec_name: str | None, page_size: int, data: bytes, share_zero
         sizes[keep] = page_size
         rows = np.frombuffer(data, dtype=np.uint8).reshape(n, page_size)
         return (bytes(data) if bool(keep.all()) else rows[keep].tobytes()), sizes, flags, zero
-    parts: list[bytes] = []
     comp = codecs.codec(codec_name)
+    compress = comp.compress
     mv = memoryview(data)
-    zl = zero.tolist()
-    for i in range(n):
-        if share_zero and zl[i]:
-            continue
-        page = mv[i * page_size:(i + 1) * page_size]
-        if comp is not None:
-            out = comp.compress(bytes(page))
-            if len(out) < page_size:
-                parts.append(out)
-                sizes[i] = len(out)
-                flags[i] = comp.flag
-                continue
-        parts.append(bytes(page))
-        sizes[i] = page_size
+    idx = np.flatnonzero(np.logical_not(zero)) if share_zero else np.arange(n)
+    # One comprehension over the pages, no per-page bookkeeping in Python.
+    pages = [mv[i * page_size:(i + 1) * page_size] for i in idx.tolist()]
+    outs = [compress(p) for p in pages]
+    lens = np.fromiter(map(len, outs), dtype=np.int64, count=len(outs))
+    small = lens < page_size
+    parts = [o if ok else bytes(p) for o, p, ok in zip(outs, pages, small.tolist(), strict=True)]
+    sizes[idx] = np.where(small, lens, page_size)
+    flags[idx] = np.where(small, comp.flag, 0)
     return b"".join(parts), sizes, flags, zero
 
 
