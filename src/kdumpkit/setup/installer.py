@@ -78,6 +78,9 @@ def setup(*, root: str | Path = "/", config: str | None = None, crashkernel: str
         raise ConfigError(f"unknown setup step(s) {', '.join(sorted(bad))} (known: {', '.join(STEPS)})")
     ctx = Context(rootp, runner=runner, dry_run=dry_run, live=(str(root) == "/") if live is None else live)
     cfg, cfg_path = read_config(rootp, config)
+    if not config and not (rootp / DEFAULT_CONFIG.lstrip("/")).exists():
+        ctx.note("info", f"no {DEFAULT_CONFIG}: the defaults apply (local /var/crash, level 31, lzo); "
+                         f"kdumpkit config import -o {DEFAULT_CONFIG} translates an existing kdump setup")
     setup_table = cfg.extra.get("setup", {}) if isinstance(cfg.extra.get("setup", {}), dict) else {}
     sysctl.settings(cfg.extra)  # validate [extra.setup] before anything is written
     spec = crashkernel or setup_table.get("crashkernel")
