@@ -35,10 +35,12 @@ def progress_reporter(what: str, *, json_events: bool = False, quiet: bool = Fal
 
         yield emit
         return
-    if sys.stderr.isatty():
+    try:  # a capture initramfs ships no rich: its console gets the plain lines
         from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress
-
+    except ImportError:
+        RichProgress = None  # type: ignore[assignment,misc]  # noqa: N806
+    if sys.stderr.isatty() and RichProgress is not None:
         with RichProgress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                           TimeRemainingColumn(), transient=True) as bar:
             task = bar.add_task(what, total=None)

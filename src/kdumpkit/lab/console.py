@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 
 MARK = "@@KDUMPKIT-LAB"
+#: The capture initramfs' own progress lines (kdumpkit.setup.initramfs), read the same way.
+INIT_MARK = "kdumpkit-init:"
 _KV = re.compile(r"(\w[\w-]*)=(\S*)")
 
 
@@ -30,10 +32,13 @@ def clean(raw: bytes) -> str:
 
 def marker(text: str) -> dict[str, str] | None:
     """The key/values of a marker line (``fail reason=...`` keeps the rest as reason)."""
-    pos = text.find(MARK + " ")
-    if pos < 0:
+    for mark in (MARK, INIT_MARK):
+        pos = text.find(mark + " ")
+        if pos >= 0:
+            body = text[pos + len(mark) + 1:]
+            break
+    else:
         return None
-    body = text[pos + len(MARK) + 1:]
     if body.startswith("fail reason="):
         return {"fail": body[len("fail reason="):]}
     if body.startswith(("begin ", "end ")):

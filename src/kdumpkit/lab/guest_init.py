@@ -71,9 +71,18 @@ sleep 1
 mark "phase=workload-done"
 
 capture_cmdline="irqpoll nr_cpus=1 reset_devices panic=1 console=ttyS0 kdumpkit_lab.role=capture kdumpkit_lab.capture=$(arg capture makedumpfile)"
-kexec -p -s /boot/vmlinuz --initrd=/boot/initrd.img --append="$capture_cmdline" || fail "kexec -p -s failed"
+if [ "$(arg capture makedumpfile)" = kdumpkit ]; then
+    # kdumpkit's own kexec_file_load; the capture kernel boots kdumpkit's capture initramfs.
+    kdumpkit load --kernel /boot/vmlinuz --initrd /boot/kdumpkit-initrd.img \
+        --cmdline "irqpoll nr_cpus=1 reset_devices panic=1 console=ttyS0" >/tmp/load.log 2>&1 ||
+        fail "kdumpkit load: $(tail -c 300 /tmp/load.log | tr '\r\n' '  ')"
+    echo "$M begin status"; kdumpkit status --json; rc=$?; echo "$M end status"
+    [ $rc = 0 ] || fail "kdumpkit status --json says not ready (exit $rc)"
+else
+    kexec -p -s /boot/vmlinuz --initrd=/boot/initrd.img --append="$capture_cmdline" || fail "kexec -p -s failed"
+fi
 [ "$(cat /sys/kernel/kexec_crash_loaded)" = 1 ] || fail "kexec_crash_loaded is not 1"
-rm -f /boot/vmlinuz /boot/initrd.img
+rm -f /boot/vmlinuz /boot/initrd.img /boot/kdumpkit-initrd.img
 mark "phase=kexec-loaded"
 
 case "$scenario" in

@@ -104,13 +104,25 @@ def build_base(kernel: Kernel, extra_modules: list[str] | None = None,
 
 
 def build(kernel: Kernel, workdir: Path, extra_modules: list[str] | None = None,
-          extra_files: dict[str, Path] | None = None) -> Images:
-    """Write base, payload and the combined initrd under ``workdir``."""
+          extra_files: dict[str, Path] | None = None, *, capture_initrd: bytes | None = None,
+          runtime: bytes | None = None) -> Images:
+    """Write base, payload and the combined initrd under ``workdir``.
+
+    With ``capture_initrd`` (kdumpkit's capture initramfs) the payload carries
+    it instead of a copy of ``base``, and ``runtime`` (a compressed archive
+    with the Python runtime, for ``kdumpkit load`` in the first kernel) is
+    appended to the base: the kernel unpacks concatenated archives in order.
+    """
     base, order = build_base(kernel, extra_modules, extra_files)
     payload_tree = cpio.Tree()
     payload_tree.file("boot/vmlinuz", kernel.vmlinuz.read_bytes())
-    payload_tree.file("boot/initrd.img", base)
+    if capture_initrd is not None:
+        payload_tree.file("boot/kdumpkit-initrd.img", capture_initrd)
+    else:
+        payload_tree.file("boot/initrd.img", base)
     payload = gzip.compress(payload_tree.archive(), compresslevel=1, mtime=0)
+    if runtime is not None:
+        base += runtime
     workdir.mkdir(parents=True, exist_ok=True)
     paths = Images(workdir / "base.img", workdir / "payload.img", workdir / "initrd.img", tuple(order))
     paths.base.write_bytes(base)

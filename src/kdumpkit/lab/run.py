@@ -29,7 +29,7 @@ from kdumpkit.lab.kernels import get as get_kernel
 from kdumpkit.lab.qemu import VM, VMConfig, choose_accel
 
 SCENARIOS = ("sysrq", "oops", "nmi", "softlockup", "panic_on_oom")
-CAPTURES = ("makedumpfile", "raw")
+CAPTURES = ("makedumpfile", "raw", "kdumpkit")
 WORKLOAD_DISK_MB = 64
 
 
@@ -50,6 +50,8 @@ class RunResult:
     vmcore_size: int = 0
     flat_size: int | None = None
     lab_format: int = LAB_FORMAT_VERSION
+    crash_dir: str | None = None   # --capture kdumpkit: the folder `kdumpkit restore-raw` made
+    initramfs: dict[str, int] | None = None  # --capture kdumpkit: capture initramfs sizes
 
     @property
     def vmcore(self) -> Path:
@@ -117,8 +119,9 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
     k = kernel if isinstance(kernel, Kernel) else get_kernel(kernel)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
-    for name in ("vmcore", "dump.flat", "dmesg.txt", "meminfo.txt", "run.json"):
+    for name in ("vmcore", "dump.flat", "dmesg.txt", "meminfo.txt", "run.json", "status.json"):
         (outdir / name).unlink(missing_ok=True)
+    shutil.rmtree(outdir / "crash", ignore_errors=True)
     log = outdir / "console.log"
     accel_used = choose_accel(accel)
     extra_modules: list[str] = []
@@ -128,9 +131,18 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
 
         extra_files["lib/modules/lab/kdumpkit_lab_crash.ko"] = crash_module(k)
 
+    sizes: dict[str, int] | None = None
+    capture_initrd = runtime = None
+    if capture == "kdumpkit":
+        from kdumpkit.lab.capture_images import capture_images
+
+        ci = capture_images(k)
+        capture_initrd, runtime, sizes = ci.capture_initrd.read_bytes(), ci.runtime.read_bytes(), ci.sizes
+
     with tempfile.TemporaryDirectory(prefix="kdumpkit-lab-") as tmp:
         work = Path(tmp)
-        images = build_initramfs(k, work, extra_modules, extra_files)
+        images = build_initramfs(k, work, extra_modules, extra_files, capture_initrd=capture_initrd,
+                                 runtime=runtime)
         disks = [work / "workload.img", work / "raw.img", work / "flat.img"]
         _sparse_disk(disks[0], WORKLOAD_DISK_MB)
         _sparse_disk(disks[1], mem_mb + 64)
@@ -149,8 +161,14 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
         lines = vm.lines
         t_extract = time.monotonic()
         expected = int(info["vmcore-size"]) if "vmcore-size" in info else None
-        vmcore_size = extract.extract_elf(disks[1], outdir / "vmcore", expected)
-        flat_size = extract.extract_flat(disks[2], outdir / "dump.flat") if capture == "makedumpfile" else None
+        crash_dir: str | None = None
+        flat_size: int | None = None
+        if capture == "kdumpkit":
+            crash_dir, vmcore_size = _restore(disks[1], outdir / "crash", log)
+        else:
+            vmcore_size = extract.extract_elf(disks[1], outdir / "vmcore", expected)
+        if capture == "makedumpfile":
+            flat_size = extract.extract_flat(disks[2], outdir / "dump.flat")
         timings = console.phase_times(lines)
         timings["extract"] = round(time.monotonic() - t_extract, 2)
         timings["total"] = round(lines[-1].t if lines else 0.0, 2)
@@ -162,10 +180,28 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
         raise LabError("ground truth (dmesg/meminfo) missing from the console", str(log))
     (outdir / "dmesg.txt").write_text(dmesg)
     (outdir / "meminfo.txt").write_text(meminfo)
+    status = console.block(texts, "status")
+    if status is not None:
+        (outdir / "status.json").write_text(status)
     result = RunResult(outdir, k.name, k.package_version, info.get("release", ""), scenario, capture,
-                       accel_used, mem_mb, crashkernel, timings, vmcore_size, flat_size)
+                       accel_used, mem_mb, crashkernel, timings, vmcore_size, flat_size, crash_dir=crash_dir,
+                       initramfs=sizes)
     (outdir / "run.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+def _restore(disk: Path, dest: Path, log: Path) -> tuple[str, int]:
+    """``kdumpkit restore-raw`` of the raw disk: (crash folder, vmcore size)."""
+    from kdumpkit.capture.rawrestore import restore_raw
+    from kdumpkit.errors import KdumpkitError
+
+    try:
+        r = restore_raw(str(disk), str(dest), wipe=False)
+    except KdumpkitError as e:
+        raise LabError(f"restoring the raw target: {e}", str(log)) from None
+    if not r.complete:
+        raise LabError(f"the raw target holds an incomplete dump ({r.folder})", str(log))
+    return r.folder, r.vmcore_size
 
 
 def _watch(vm: VM, timeout: float, log: Path) -> dict[str, str]:

@@ -97,9 +97,8 @@ KDUMPKIT_NO_ACTION=1 /bin/kdumpkit capture --config /etc/kdumpkit/kdumpkit.toml
 rc=$?
 sync
 for dir in $(cut -d' ' -f2 /etc/kdumpkit/mounts); do umount "$dir" 2>/dev/null; done
-say "phase=capture-done rc=$rc"
 case $rc in
-    0|3) act "$(cat /etc/kdumpkit/final_action)" ;;
+    0|3) say "phase=capture-done rc=$rc"; act "$(cat /etc/kdumpkit/final_action)" ;;
     *) fail "kdumpkit capture exited $rc" ;;
 esac
 '''
