@@ -58,6 +58,9 @@ class ElfGapFill(Dump):
     def ram_runs(self) -> list[tuple[int, int]]:
         return self.inner.ram_runs()
 
+    def reopen_spec(self) -> tuple[str, str] | None:
+        return None  # gap pages are made up here, not in the file
+
     def dumped_runs(self) -> list[tuple[int, int]]:
         return list(self._runs)
 

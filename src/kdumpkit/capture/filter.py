@@ -118,6 +118,10 @@ class FilteredDump(Dump):
     def ram_runs(self) -> list[tuple[int, int]]:
         return self.source.ram_runs()
 
+    def reopen_spec(self) -> tuple[str, str] | None:
+        # Kept pages are the source's bytes unchanged: workers may read the source.
+        return self.source.reopen_spec()
+
     def dumped_runs(self) -> list[tuple[int, int]]:
         if self._dumped is None:
             out: list[tuple[int, int]] = []

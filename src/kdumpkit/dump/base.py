@@ -119,6 +119,20 @@ class Dump(ABC):
     def close(self) -> None:
         """Release the file; the dump is unusable afterwards."""
 
+    def reopen_spec(self) -> tuple[str, str] | None:
+        """``(path, format)`` a worker process can open to read this dump's DUMPED pages itself.
+
+        Parallel writers use it so that pages never travel between processes,
+        only compressed output does.  None when the pages exist only through
+        this object (in memory, or a layer that changes their bytes).
+        """
+        from kdumpkit.dump.fileio import MappedFile
+
+        src = getattr(self, "src", None)
+        if isinstance(src, MappedFile) and self.format_name not in ("?", "synthetic"):
+            return (src.name, self.format_name)
+        return None
+
     # -- shared behaviour ---------------------------------------------------
     def __enter__(self) -> Dump:
         return self

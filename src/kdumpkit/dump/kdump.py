@@ -767,26 +767,77 @@ def _batches(source: Dump, runs: list[tuple[int, int]], batch: int) -> Iterator[
             yield pfn, n, bytes(source._read_dumped(pfn, n))
 
 
+_worker_dumps: dict[tuple[str, str], Dump] = {}
+
+
+def _encode_from_file(spec: tuple[str, str], pfn: int, n: int, codec_name: str | None, page_size: int,
+                      share_zero: bool) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Worker side: read the batch from the source file itself, then encode it.
+
+    None when the read fails, so the parent reads that batch through its own
+    layers (which may turn read errors into recorded missing pages).
+    """
+    from kdumpkit.dump.detect import open_dump
+    from kdumpkit.errors import KdumpkitError
+
+    try:
+        dump = _worker_dumps.get(spec)
+        if dump is None:
+            dump = _worker_dumps[spec] = open_dump(spec[0], format=spec[1])
+        data = bytes(dump._read_dumped(pfn, n))
+    except (KdumpkitError, OSError):
+        return None
+    return encode_batch(codec_name, page_size, data, share_zero)
+
+
+def _batch_ranges(runs: list[tuple[int, int]], batch: int) -> Iterator[tuple[int, int]]:
+    for s, e in runs:
+        for pfn in range(s, e, batch):
+            yield pfn, min(batch, e - pfn)
+
+
 def _encoded(
     source: Dump, runs: list[tuple[int, int]], codec_name: str | None, share_zero: bool, workers: int
 ) -> Iterator[tuple[int, int, tuple[bytes, np.ndarray, np.ndarray, np.ndarray]]]:
-    """Encoded batches in pfn order; with workers > 1 a bounded number in flight."""
+    """Encoded batches in pfn order; with workers > 1 a bounded number in flight.
+
+    When the source can be reopened by path (``Dump.reopen_spec``), each worker
+    process reads its own batches from the file and only compressed output
+    comes back, so every codec scales.  Otherwise pages are shipped to the pool,
+    which pays off only for the slow codecs (:data:`PARALLEL_CODECS`).
+    """
     ps = source.page_size
-    if workers <= 1 or codec_name not in PARALLEL_CODECS:
+    spec = source.reopen_spec() if workers > 1 else None
+    if workers <= 1 or (spec is None and codec_name not in PARALLEL_CODECS):
         for pfn, n, data in _batches(source, runs, BATCH_PAGES):
             yield pfn, n, encode_batch(codec_name, ps, data, share_zero)
         return
-    pool = concurrent.futures.ProcessPoolExecutor(workers)
-    inflight: collections.deque[tuple[int, int, concurrent.futures.Future[tuple[bytes, np.ndarray, np.ndarray, np.ndarray]]]] = collections.deque()
+    import multiprocessing
+
+    Result = tuple[bytes, np.ndarray, np.ndarray, np.ndarray]
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    inflight: collections.deque[tuple[int, int, concurrent.futures.Future[Result | None]]] = collections.deque()
+
+    def submit(pfn: int, n: int) -> concurrent.futures.Future[Result | None]:
+        if spec is not None:
+            return pool.submit(_encode_from_file, spec, pfn, n, codec_name, ps, share_zero)
+        return pool.submit(encode_batch, codec_name, ps, bytes(source._read_dumped(pfn, n)), share_zero)
+
+    def done(p: int, k: int, fut: concurrent.futures.Future[Result | None]) -> Result:
+        res = fut.result()
+        if res is None:  # the worker could not read it: read through our own layers
+            res = encode_batch(codec_name, ps, bytes(source._read_dumped(p, k)), share_zero)
+        return res
+
     try:
-        for pfn, n, data in _batches(source, runs, BATCH_PAGES):
-            inflight.append((pfn, n, pool.submit(encode_batch, codec_name, ps, data, share_zero)))
-            if len(inflight) >= 2 * workers:
+        for pfn, n in _batch_ranges(runs, BATCH_PAGES):
+            inflight.append((pfn, n, submit(pfn, n)))
+            if len(inflight) >= 4 * workers:
                 p, k, fut = inflight.popleft()
-                yield p, k, fut.result()
+                yield p, k, done(p, k, fut)
         while inflight:
             p, k, fut = inflight.popleft()
-            yield p, k, fut.result()
+            yield p, k, done(p, k, fut)
     finally:
         for _, _, fut in inflight:
             fut.cancel()
@@ -815,9 +866,9 @@ def write_kdump(
     INCOMPLETE flag, and is rewritten without it only after the last page:
     a writer killed midway leaves a file whose unwritten pages read as
     MISSING.  ``workers > 1`` compresses 256-page batches in a process pool,
-    keeping at most ``2 * workers`` batches in flight, for the codecs in
-    :data:`PARALLEL_CODECS` (zlib); the fast codecs compress faster in
-    process than a pool can ship pages, so they ignore ``workers``.
+    keeping at most ``4 * workers`` batches in flight: for any codec when the
+    source can be reopened by path (workers read pages themselves), otherwise
+    only for the codecs in :data:`PARALLEL_CODECS`.
     """
     dumped = source.dumped_runs()
     if pfn_range is not None:
@@ -950,5 +1001,5 @@ def write_kdump_piece(
         bytes_written=cur,
         compression=codec or "none",
         extra={"shared_zero": share_zero, "dump_level": dump_level, "split": piece,
-               "workers": workers if codec in PARALLEL_CODECS else 1},
+               "workers": workers if (codec in PARALLEL_CODECS or source.reopen_spec()) else 1},
     )
