@@ -8,7 +8,6 @@ what was captured.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,12 +39,54 @@ def register(sub: Any) -> None:
     f.add_argument("--refresh", action="store_true", help="ask the mirror for a newer version")
     f.set_defaults(func=cmd_fetch)
 
-    d = lsub.add_parser("demo", help="crash bookworm with SysRq-c and show what was captured")
+    d = lsub.add_parser("demo", help="kdumpkit load, SysRq-c, kdumpkit capture in the capture kernel, report")
     d.add_argument("--kernel", default="bookworm")
     d.add_argument("--out", metavar="DIR", help="keep the outputs here (default: a temporary directory)")
     d.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     d.add_argument("--timeout", type=float, default=600, metavar="S")
     d.set_defaults(func=cmd_demo)
+
+    e = lsub.add_parser("estimate-crashkernel", help="bisect the smallest crashkernel= that captures (minutes)")
+    add_estimate_args(e)
+
+
+def add_estimate_args(e: Any) -> None:
+    """Shared with ``kdumpkit estimate-crashkernel``."""
+    e.add_argument("--kernel", default="bookworm")
+    e.add_argument("--capture", choices=("kdumpkit", "makedumpfile"), default="kdumpkit")
+    e.add_argument("--mem", type=int, default=1024, metavar="MIB")
+    e.add_argument("--sizes", metavar="LIST", help="MiB values to bisect, e.g. 512,256,128,96,64")
+    e.add_argument("--timeout", type=float, default=300, metavar="S", help="per trial (default 300)")
+    e.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_estimate_crashkernel, modules=None)
+
+
+def cmd_estimate_crashkernel(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from kdumpkit.lab.estimate import SIZES_MB, estimate_crashkernel
+
+    sizes = tuple(int(x) for x in args.sizes.split(",")) if args.sizes else SIZES_MB
+
+    def show(t: Any) -> None:
+        if not args.json:
+            print(f"  crashkernel={t.mb}M: {'ok' if t.ok else 'FAILED'} ({t.detail})", flush=True)
+
+    est = estimate_crashkernel(_kernel(args), capture=args.capture, mem_mb=args.mem, sizes=sizes,
+                               timeout=args.timeout, accel=args.accel, on_trial=show)
+    if args.json:
+        print(json.dumps({**asdict(est), "recommended_mb": est.recommended_mb}, indent=2))
+        return 0 if est.smallest_mb else 1
+    if est.smallest_mb is None:
+        print(f"no size in {sizes} captured ({args.capture}, {args.mem} MiB guest)")
+        return 1
+    print(f"{args.capture} capture, {args.mem} MiB guest: smallest working crashkernel={est.smallest_mb}M"
+          + (f" (first failure: {est.first_failed_mb}M)" if est.first_failed_mb else ""))
+    print(f"recommended: {est.recommended_mb}M (+{est.margin_mb}M margin)")
+    print(f"kdumpctl table: {est.table_mb}M; formula (kernel + modules + 3 x initramfs + 16M): {est.formula_mb}M")
+    return 0
 
 
 def _kernel(args: argparse.Namespace) -> Any:
@@ -122,50 +163,27 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from kdumpkit.lab.run import run
+    from kdumpkit.lab.demo import CRASHKERNEL, MEM_MB, run_demo
 
     args.modules = None
     with tempfile.TemporaryDirectory(prefix="kdumpkit-demo-") as tmp:
         out = Path(args.out) if args.out else Path(tmp)
-        print(f"kdumpkit lab demo: {args.kernel}, SysRq-c crash, 1024 MiB guest, crashkernel=256M (about a minute "
-              "with TCG)", flush=True)
-        result = run(_kernel(args), out=out, mem_mb=1024, crashkernel="256M", scenario="sysrq",
-                     capture="makedumpfile", timeout=args.timeout, accel=args.accel, on_line=_live)
+        print(f"kdumpkit lab demo: {args.kernel}, {MEM_MB} MiB guest, crashkernel={CRASHKERNEL}: kdumpkit load "
+              "(kexec_file_load), SysRq-c, kdumpkit capture in the capture kernel (a few minutes with TCG; the "
+              "first run also builds the capture initramfs)", flush=True)
+        demo = run_demo(_kernel(args), out, accel=args.accel, timeout=args.timeout, on_line=_live)
+        result = demo.result
         _print_result(result)
-        _print_kernel_log(result.vmcore, result.dmesg)
-        _print_info(result.vmcore)
+        sizes = result.initramfs or {}
+        if sizes:
+            print(f"capture initramfs: {_human(sizes['capture_compressed'])} gzip, "
+                  f"{_human(sizes['capture_unpacked'])} unpacked")
+        print(f"\ncaptured by kdumpkit, restored with kdumpkit restore-raw: {demo.crash_dir}")
+        for p in sorted(demo.crash_dir.iterdir()):
+            print(f"  {p.name:16} {_human(p.stat().st_size):>10}")
+        print(f"kdumpkit verify: {'OK' if demo.verify_ok else 'PROBLEMS'}")
+        print("\nkdumpkit report:\n")
+        print(demo.report_text)
         if not args.out:
             print("(outputs removed; pass --out DIR to keep them)")
-    return 0
-
-
-def _print_kernel_log(vmcore: Path, ground_truth: Path, lines: int = 12) -> None:
-    """The last lines of the crashed kernel's log, as makedumpfile reads it from the dump."""
-    with tempfile.TemporaryDirectory() as tmp:
-        txt = Path(tmp) / "dmesg.txt"
-        try:
-            p = subprocess.run(["makedumpfile", "--dump-dmesg", str(vmcore), str(txt)], capture_output=True,
-                               timeout=300)
-            ok = p.returncode == 0 and txt.is_file()
-        except (OSError, subprocess.TimeoutExpired):
-            ok = False
-        src, text = ("makedumpfile --dump-dmesg of the vmcore", txt.read_text(errors="replace")) if ok else \
-            ("ground truth printed before the crash", ground_truth.read_text(errors="replace"))
-    log = text.rstrip().splitlines()
-    # Start at the crash itself when it can be found: the tail is a register dump.
-    starts = [i for i, ln in enumerate(log) if any(k in ln for k in ("sysrq: Trigger", "Kernel panic", "Oops:"))]
-    first = starts[0] if starts else max(len(log) - lines, 0)
-    print(f"\nthe crash in the kernel log ({src}):")
-    for line in log[first:first + lines]:
-        print("  " + line)
-
-
-def _print_info(vmcore: Path) -> None:
-    """``kdumpkit info`` of the captured dump (when the dump readers are installed)."""
-    try:
-        from kdumpkit.cli.main import main
-        from kdumpkit.dump import open_dump  # noqa: F401
-    except ImportError:
-        return
-    print(f"\nkdumpkit info {vmcore}:")
-    main(["info", str(vmcore)])
+    return 0 if demo.verify_ok else 1
