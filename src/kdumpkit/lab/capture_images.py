@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def capture_images(kernel: Kernel, compression: str = "gzip") -> CaptureImages:
     d = lab_dir("initramfs", f"{kernel.cache_key}-{compression}-{runtime_key()}")
     cap, rt, meta = d / "capture.img", d / "runtime.img", d / "sizes.json"
     if not (cap.is_file() and rt.is_file() and meta.is_file()):
+        for old in d.parent.glob(f"{kernel.cache_key}-{compression}-*"):
+            if old != d:  # images of an older kdumpkit tree: ~40 MB each, never used again
+                shutil.rmtree(old, ignore_errors=True)
         _blob, res = capture_initramfs.build(cap, config_text=LAB_CONFIG, modules_dir=kernel.modules_dir,
                                              compression=compression)
         tree = cpio.Tree()
