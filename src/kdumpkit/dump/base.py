@@ -129,7 +129,7 @@ class Dump(ABC):
         from kdumpkit.dump.fileio import MappedFile
 
         src = getattr(self, "src", None)
-        if isinstance(src, MappedFile) and self.format_name not in ("?", "synthetic"):
+        if isinstance(src, MappedFile) and self.format_name not in ("?", "synthetic"):  # by path: workers pread it
             return (src.name, self.format_name)
         return None
 

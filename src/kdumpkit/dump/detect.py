@@ -37,9 +37,13 @@ def _reader(name: str) -> Any:
     raise UsageError(f"unknown dump format {name!r} (known: {', '.join(FORMATS)})")
 
 
-def open_source(path: str) -> ByteSource:
-    """The file layer for ``path``: the file itself, or its flattened stream read in place."""
-    src: ByteSource = MappedFile(path)
+def open_source(path: str, *, use_mmap: bool = True) -> ByteSource:
+    """The file layer for ``path``: the file itself, or its flattened stream read in place.
+
+    ``use_mmap=False`` reads with ``pread``: for readers that copy every page
+    anyway (compression workers), it keeps their memory flat.
+    """
+    src: ByteSource = MappedFile(path, use_mmap=use_mmap)
     try:
         from kdumpkit.dump import flattened
     except ImportError:
@@ -63,7 +67,8 @@ def detect_format(src: ByteSource) -> str:
     raise NotADumpError(f"{src.name}: no known dump format ({', '.join(FORMATS)}) recognises it")
 
 
-def open_dump(path: str | Sequence[str], *, format: str | None = None, **options: Any) -> Dump:
+def open_dump(path: str | Sequence[str], *, format: str | None = None, use_mmap: bool = True,
+              **options: Any) -> Dump:
     """Open any dump kdumpkit reads; several paths are one split set."""
     if not isinstance(path, str):
         paths = list(path)
@@ -72,7 +77,7 @@ def open_dump(path: str | Sequence[str], *, format: str | None = None, **options
         from kdumpkit.dump.split import SplitDump
 
         return SplitDump.open(paths)
-    src = open_source(path)
+    src = open_source(path, use_mmap=use_mmap)
     try:
         name = format or detect_format(src)
         reader = _reader(name)

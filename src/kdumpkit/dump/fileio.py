@@ -52,7 +52,7 @@ class MappedFile(ByteSource):
     back in), so memory stays bounded and views already handed out stay valid.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, use_mmap: bool = True) -> None:
         self.name = path
         try:
             self._fd = os.open(path, os.O_RDONLY)
@@ -61,7 +61,7 @@ class MappedFile(ByteSource):
         self.size = os.fstat(self._fd).st_size
         self._mm: mmap.mmap | None = None
         self._lo = self._hi = self._since_trim = 0
-        if self.size:
+        if self.size and use_mmap:
             try:
                 self._mm = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
             except (OSError, ValueError):

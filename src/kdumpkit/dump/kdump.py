@@ -783,7 +783,7 @@ def _encode_from_file(spec: tuple[str, str], pfn: int, n: int, codec_name: str |
     try:
         dump = _worker_dumps.get(spec)
         if dump is None:
-            dump = _worker_dumps[spec] = open_dump(spec[0], format=spec[1])
+            dump = _worker_dumps[spec] = open_dump(spec[0], format=spec[1], use_mmap=False)
         data = bytes(dump._read_dumped(pfn, n))
     except (KdumpkitError, OSError):
         return None
