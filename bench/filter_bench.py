@@ -27,13 +27,13 @@ import time
 from typing import Any
 
 
-def _real(path: str, level: int, q: Any) -> None:
+def _real(path: str, level: int, window: int, q: Any) -> None:
     from kdumpkit.capture.filter import filtered
     from kdumpkit.dump import open_dump
 
     with open_dump(path) as d:
         t = time.perf_counter()
-        f = filtered(d, level)
+        f = filtered(d, level, window_pfns=window)
         total = time.perf_counter() - t
         t = time.perf_counter()
         runs = f.dumped_runs()
@@ -44,7 +44,7 @@ def _real(path: str, level: int, q: Any) -> None:
            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024})
 
 
-def _synthetic(gib: int, q: Any) -> None:
+def _synthetic(gib: int, window: int, q: Any) -> None:
     import numpy as np
 
     from kdumpkit.capture.filter import filtered
@@ -113,7 +113,7 @@ def _synthetic(gib: int, q: Any) -> None:
 
     d = Big()
     t = time.perf_counter()
-    f = filtered(d, 31, selfcheck=False)
+    f = filtered(d, 31, selfcheck=False, window_pfns=window)
     total = time.perf_counter() - t
     q.put({"what": f"synthetic {gib} GiB (vmemmap, 2 MiB pages)", "pfns": npfn, "seconds_total": round(total, 3),
            "classify_pfns_per_s": round(f.stats["pfns_per_second"]), "translations": f.stats["translations"],
@@ -135,6 +135,7 @@ def main() -> int:
     ap.add_argument("vmcore", nargs="?")
     ap.add_argument("--synthetic-gib", type=int, default=16)
     ap.add_argument("--level", type=int, default=31)
+    ap.add_argument("--window-pfns", type=int, default=None, help="pfns per struct page window (default: the library's)")
     a = ap.parse_args()
     path = a.vmcore
     if path is None:
@@ -143,9 +144,11 @@ def main() -> int:
             path = str(reference_set("bookworm", build=False).vmcore)
         except Exception:  # noqa: BLE001 - the bench runs without a lab too
             path = None
+    from kdumpkit.capture.filter import DEFAULT_WINDOW_PFNS
+    window = a.window_pfns or DEFAULT_WINDOW_PFNS
     if path:
-        print(json.dumps(_child(_real, path, a.level)))
-    print(json.dumps(_child(_synthetic, a.synthetic_gib)))
+        print(json.dumps({**_child(_real, path, a.level, window), "window_pfns": window}))
+    print(json.dumps({**_child(_synthetic, a.synthetic_gib, window), "window_pfns": window}))
     return 0
 
 
