@@ -79,10 +79,48 @@ def synthetic_elf(gib: float, path: Path) -> None:
         write_elf(src, sink)
 
 
-def cases(vmcore: Path, tmp: Path, workers: list[int], *, real: bool = True
-          ) -> list[tuple[str, list[str], list[str], list[Path], list[Path]]]:
+def sparse_elf(src: Path, gib: int, path: Path) -> None:
+    """``src`` (an ELF vmcore) plus one PT_LOAD of zeros up to ``gib`` GiB of RAM, kept as a file hole.
+
+    The new program header table goes at the end of the file (``e_phoff`` may
+    point anywhere), so the original notes and data stay where they were.
+    What must not grow with RAM (dmesg, info) is timed on this.
+    """
+    import struct
+
+    shutil.copyfile(src, path)
+    with open(path, "r+b") as f:
+        ehdr = bytearray(f.read(64))
+        phoff, = struct.unpack_from("<Q", ehdr, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
+        f.seek(phoff)
+        phdrs = [f.read(phentsize) for _ in range(phnum)]
+        loads = [struct.unpack_from("<IIQQQQQQ", p) for p in phdrs if struct.unpack_from("<I", p)[0] == 1]
+        ram = [ld for ld in loads if ld[4] < (1 << 46)]
+        end = max(ld[4] + ld[6] for ld in ram)
+        start = max(end, 1 << 32) + (1 << 30) - 1 & ~((1 << 30) - 1)
+        size = (gib << 30) - start
+        if size <= 0:
+            raise SystemExit(f"--sparse-gib {gib} is below the dump's own RAM")
+        vaddr = ram[-1][3] - ram[-1][4] + start
+        data_off = os.fstat(f.fileno()).st_size + 4095 & ~4095
+        new = struct.pack("<IIQQQQQQ", 1, 7, data_off, vaddr, start, size, size, 0)
+        f.seek(data_off + size)
+        f.write(b"".join(phdrs) + new)
+        struct.pack_into("<Q", ehdr, 0x20, data_off + size)
+        struct.pack_into("<H", ehdr, 0x38, phnum + 1)
+        f.seek(0)
+        f.write(ehdr)
+
+
+def cases(vmcore: Path, tmp: Path, workers: list[int], *, real: bool = True, sparse: bool = False
+          ) -> list[tuple[str, list[str], list[str] | None, list[Path], list[Path]]]:
     ours, theirs = tmp / "ours.out", tmp / "theirs.out"
-    out: list[tuple[str, list[str], list[str], list[Path], list[Path]]] = []
+    out: list[tuple[str, list[str], list[str] | None, list[Path], list[Path]]] = []
+    if sparse:  # what must not grow with the dump: the log and the summary
+        return [("dmesg", [*KDUMPKIT, "dmesg", str(vmcore), "-o", str(ours)],
+                 ["makedumpfile", "--dump-dmesg", str(vmcore), str(theirs)], [ours], [theirs]),
+                ("info (no makedumpfile equivalent)", [*KDUMPKIT, "info", "--json", str(vmcore)], None, [ours], [])]
     import importlib.util
 
     levels = [(["-d", "0"], "d0")]
@@ -101,6 +139,7 @@ def cases(vmcore: Path, tmp: Path, workers: list[int], *, real: bool = True
                     mdf[1:1] = ["--num-threads", str(n)]
                 out.append((f"ELF→kdump {label} -{codec} {n}w", our_cmd, mdf, [ours], [theirs]))
     if real:  # a synthetic dump has no kernel log
+        out.append(("info (no makedumpfile equivalent)", [*KDUMPKIT, "info", "--json", str(vmcore)], None, [ours], []))
         out.append(("dmesg", [*KDUMPKIT, "dmesg", str(vmcore), "-o", str(ours)],
                     ["makedumpfile", "--dump-dmesg", str(vmcore), str(theirs)], [ours], [theirs]))
     return out
@@ -110,6 +149,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--vmcore", help="ELF vmcore (default: the lab's bookworm reference dump)")
     ap.add_argument("--synthetic-gib", type=float, default=0, help="also run on a synthetic ELF of this size")
+    ap.add_argument("--sparse-gib", type=int, default=0,
+                    help="also time dmesg/info on the real vmcore grown to this much RAM with a sparse hole")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--only", help="substring filter on case names")
     ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
@@ -130,20 +171,33 @@ def main() -> int:
         syn = tmpdir / "synthetic.elf"
         synthetic_elf(args.synthetic_gib, syn)
         inputs.append((f"synthetic {args.synthetic_gib:g} GiB (makedumpfile-ready, 50% zero pages)", syn))
+    if args.sparse_gib:
+        sp = tmpdir / "sparse.elf"
+        sparse_elf(inputs[0][1], args.sparse_gib, sp)
+        inputs.append((f"{inputs[0][0]} grown to {args.sparse_gib} GiB of RAM (sparse hole)", sp))
     workers = [int(w) for w in args.workers.split(",")]
     lines = [f"## {time.strftime('%Y-%m-%d %H:%M')} — {platform.node()}, {os.cpu_count()} CPUs, "
              f"{platform.python_implementation()} {platform.python_version()}", ""]
     try:
         for label, vmcore in inputs:
-            warm(vmcore)
+            sparse = "sparse hole" in label
+            if not sparse:  # warming a sparse file would read its hole
+                warm(vmcore)
             size_mb = vmcore.stat().st_size / 1e6
             lines += [f"### {label} ({size_mb:.0f} MB ELF)", "",
                       "| case | kdumpkit s | makedumpfile s | time ratio (mdf/ours) | kdumpkit MB | mdf MB | size ratio | "
                       "kdumpkit RSS MiB | mdf RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
-            for name, ours_cmd, mdf_cmd, o1, o2 in cases(vmcore, tmpdir, workers, real=not label.startswith("synth")):
+            for name, ours_cmd, mdf_cmd, o1, o2 in cases(vmcore, tmpdir, workers, real=not label.startswith("synth"),
+                                                           sparse=sparse):
                 if args.only and args.only not in name:
                     continue
                 a = measure(ours_cmd, o1)
+                if mdf_cmd is None:
+                    flag = "" if a.rc == 0 else f" (rc {a.rc})"
+                    row = (f"| {name}{flag} | {a.wall:.2f} | — | — | — | — | — | {a.rss_mib:.0f} | — |")
+                    print(row, flush=True)
+                    lines.append(row)
+                    continue
                 b = measure(mdf_cmd, o2)
                 ratio = b.wall / a.wall if a.wall else float("nan")
                 sratio = a.out_bytes / b.out_bytes if b.out_bytes else float("nan")

@@ -70,11 +70,30 @@ def test_loaded_by_kdumpkit_and_ready(demo: Any) -> None:
 
 def test_complete_dump_folder(demo: Any) -> None:
     names = sorted(p.name for p in demo.crash_dir.iterdir())
-    assert names == ["dmesg.txt", "manifest.json", "vmcore"]
+    assert names == ["dmesg.txt", "kallsyms.gz", "manifest.json", "vmcore"]
     manifest = json.loads((demo.crash_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert list(manifest["files"])[0] == "dmesg.txt"  # the kernel log is written (and synced) first
     assert demo.verify_ok
+
+
+def test_kallsyms_snapshot_is_of_the_crashed_boot(demo: Any) -> None:
+    """``kdumpkit load`` packed /proc/kallsyms into the initramfs; capture put it beside the dump."""
+    import gzip
+
+    from kdumpkit.kernel.memory import kernel_memory
+    from kdumpkit.kernel.symbols import SymbolTable, load_symbol_table
+    from kdumpkit.kernel.vmcoreinfo import VmcoreInfo
+
+    snap = demo.crash_dir / "kallsyms.gz"
+    assert (snap.stat().st_mode & 0o777) == 0o600
+    assert b" T panic\n" in gzip.decompress(snap.read_bytes())
+    with open_dump(str(demo.crash_dir / "vmcore")) as d:
+        info = VmcoreInfo.from_dump(d)
+        table = load_symbol_table(kernel_memory(d, info), info)
+        own = SymbolTable.from_proc_kallsyms(str(snap), info)
+    assert "another boot" not in table.source and "shifted" not in own.source
+    assert table.address_of("panic") == own.address_of("panic") is not None
 
 
 def test_dump_is_the_booted_kernel(demo: Any, tmp_path: Path) -> None:

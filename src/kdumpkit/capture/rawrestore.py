@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kdumpkit.capture.dmesg import fsync_dir, write_synced
-from kdumpkit.capture.targets import RAW_COMPLETE, RAW_HEADER, RAW_MAGIC
+from kdumpkit.capture.targets import KALLSYMS_NAME, RAW_COMPLETE, RAW_HEADER, RAW_MAGIC
 from kdumpkit.dump.flattened import FLAT_HEADER, FLAT_HEADER_SIZE, FLAT_RECORD, FLAT_SIGNATURE, TYPE_FLAT_HEADER
 from kdumpkit.dump.sink import open_dump_output
 from kdumpkit.errors import NoSpaceError, NotADumpError, OutputError
@@ -65,6 +65,8 @@ def restore_raw(device: str, out_dir: str, *, wipe: bool = True, log: Callable[[
         os.mkdir(folder, 0o700)
         if h.dmesg_len:
             write_synced(os.path.join(folder, "dmesg.txt"), os.pread(fd, h.dmesg_len, h.dmesg_off))
+        if h.kallsyms_len:
+            write_synced(os.path.join(folder, KALLSYMS_NAME), os.pread(fd, h.kallsyms_len, h.kallsyms_off))
         end = h.stream_off + h.stream_len if h.stream_len else os.lseek(fd, 0, os.SEEK_END)
         complete = bool(h.flags & RAW_COMPLETE)
         name = "vmcore" if complete else "vmcore.incomplete"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from kdumpkit.setup.config import Keep
 
 DATED = re.compile(r".*-\d{4}-\d{2}-\d{2}-\d{2}:\d{2}:\d{2}(?:\.\d+)?$")
-OUR_FILES = ("manifest.json", "vmcore", "vmcore.flat", "dmesg.txt")
+OUR_FILES = ("manifest.json", "vmcore", "vmcore.flat", "dmesg.txt", "kallsyms.gz")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """``kdumpkit capture``: what the capture kernel runs, start to finish.
 
 kdump-utils' order, kept because it is right: save the kernel log first and
-sync it, then the vmcore (``vmcore.incomplete`` renamed when complete), then
+sync it, then the ``/proc/kallsyms`` snapshot ``kdumpkit load`` packed into
+the initramfs (when there is one), then the vmcore (``vmcore.incomplete`` renamed when complete), then
 the manifest, then retention, then the final action.  Unlike kdump.conf's one
 target, targets are a fallback chain: an unreachable ssh host or a full disk
 moves on to the next target.  A target whose disk cannot hold the dump even
@@ -22,10 +23,11 @@ from typing import Any
 from kdumpkit.capture.dmesg import crash_hostname, dmesg_bytes
 from kdumpkit.capture.engine import SaveOptions, SaveResult, save_dump
 from kdumpkit.capture.manifest import build_manifest, manifest_bytes
-from kdumpkit.capture.targets import Destination, SshDestination, crash_id_for, destination_for
+from kdumpkit.capture.targets import KALLSYMS_NAME, Destination, SshDestination, crash_id_for, destination_for
 from kdumpkit.dump.base import Dump
 from kdumpkit.dump.writer import Progress
 from kdumpkit.errors import KdumpkitError, NoSpaceError, OutputError
+from kdumpkit.kexec.kallsyms_snapshot import SNAPSHOT_PATH
 from kdumpkit.setup.config import Config, Target
 
 Log = Callable[[str], None]
@@ -83,8 +85,13 @@ def options_for(cfg: Config, dest: Destination) -> SaveOptions:
 
 
 def capture(cfg: Config, source: Dump, *, action: Action, log: Log | None = None, progress: Progress | None = None,
-            destination: Callable[[Target], Destination] | None = None, now: float | None = None) -> CaptureReport:
-    """Run the capture flow over ``cfg.targets``; always ends by calling ``action``."""
+            destination: Callable[[Target], Destination] | None = None, now: float | None = None,
+            kallsyms_path: str | None = SNAPSHOT_PATH) -> CaptureReport:
+    """Run the capture flow over ``cfg.targets``; always ends by calling ``action``.
+
+    ``kallsyms_path``: the load-time symbol snapshot, copied next to the dump
+    as ``kallsyms.gz`` when the file exists (None: never).
+    """
     say = log or (lambda msg: None)
     t_start = time.monotonic()
     hostname = crash_hostname(source)
@@ -99,11 +106,12 @@ def capture(cfg: Config, source: Dump, *, action: Action, log: Log | None = None
             problems.append(f"kernel log: {e}")
             say(f"warning: no kernel log: {e}")
     t_dmesg_extract = time.monotonic() - t0
+    kallsyms = _read_snapshot(kallsyms_path, say)
     make = destination or (lambda t: destination_for(t, fmt=cfg.format, log=say))
     outcomes: list[TargetOutcome] = []
     for target in cfg.targets:
         outcome = _one_target(cfg, source, make(target), target, crash_id, hostname, dmesg, list(problems),
-                              t_dmesg_extract, say, progress)
+                              t_dmesg_extract, say, progress, kallsyms)
         outcomes.append(outcome)
         if outcome.status in ("complete", "incomplete"):
             break
@@ -112,7 +120,7 @@ def capture(cfg: Config, source: Dump, *, action: Action, log: Log | None = None
         say(f"no target took the dump: dump_to_rootfs ({cfg.rootfs_path})")
         rootfs = Target("local", path=cfg.rootfs_path)
         outcome = _one_target(cfg, source, make(rootfs), rootfs, crash_id, hostname, dmesg, list(problems),
-                              t_dmesg_extract, say, progress)
+                              t_dmesg_extract, say, progress, kallsyms)
         outcomes.append(outcome)
     report.action = cfg.final_action if report.saved is not None or cfg.failure_action == "dump_to_rootfs" \
         else cfg.failure_action
@@ -122,9 +130,20 @@ def capture(cfg: Config, source: Dump, *, action: Action, log: Log | None = None
     return report
 
 
+def _read_snapshot(path: str | None, say: Log) -> bytes | None:
+    if not path or not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        say(f"warning: cannot read the kallsyms snapshot {path}: {e.strerror}")
+        return None
+
+
 def _one_target(cfg: Config, source: Dump, dest: Destination, target: Target, crash_id: str, hostname: str,
                 dmesg: bytes | None, problems: list[str], t_extract: float, say: Log,
-                progress: Progress | None) -> TargetOutcome:
+                progress: Progress | None, kallsyms: bytes | None = None) -> TargetOutcome:
     name = target.describe()
     timings: dict[str, float] = {}
     outcome = TargetOutcome(name, "failed")
@@ -138,6 +157,11 @@ def _one_target(cfg: Config, source: Dump, dest: Destination, target: Target, cr
             t0 = time.monotonic()
             dest.write_small("dmesg.txt", dmesg)
             timings["dmesg"] = t_extract + time.monotonic() - t0
+        if kallsyms is not None:
+            try:
+                dest.write_small(KALLSYMS_NAME, kallsyms)
+            except KdumpkitError as e:  # the symbols are a convenience: never let them cost the vmcore
+                problems.append(f"{KALLSYMS_NAME}: {e}")
         result: SaveResult | None = None
         try:
             t0 = time.monotonic()

@@ -1,7 +1,8 @@
 """Where a capture goes: a local directory, a raw device, ssh, NFS.
 
-Every destination gets the same three writes in the same order — ``dmesg.txt``
-(fsynced first), the vmcore (one :class:`~kdumpkit.capture.engine.Output` per
+Every destination gets the same writes in the same order — ``dmesg.txt``
+(fsynced first), ``kallsyms.gz`` when the loader packed a ``/proc/kallsyms``
+snapshot into the capture initramfs (:data:`KALLSYMS_NAME`), the vmcore (one :class:`~kdumpkit.capture.engine.Output` per
 attempt, so ENOSPC can fall back), ``manifest.json`` last — then retention.
 Seekable local files get the configured format; raw devices and ssh get the
 kdump-compressed dump as a flattened stream (they cannot seek).
@@ -11,12 +12,14 @@ Raw device layout (restored by ``kdumpkit restore-raw`` on the next boot)::
     0      4096-byte kdumpkit header: magic, version, flags, timestamp,
            hostname, crash id, offsets/lengths of the regions below
     4096   dmesg.txt bytes
+    K      kallsyms.gz bytes         (version 2; K = next 4096 boundary)
     S      flattened vmcore stream   (S = next 4096 boundary)
     M      manifest.json bytes       (right after the stream)
 
 The header is written first with ``complete = 0`` and rewritten with the
 lengths when everything is down; a capture killed midway is still restorable
-up to the last whole record of the stream.
+up to the last whole record of the stream.  Version 1 headers (no kallsyms
+fields) read with ``kallsyms_len = 0``: the header block is zero-padded.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from kdumpkit.structs import Struct
 
 Log = Callable[[str], None]
 RAW_MAGIC = b"KDUMPKIT-RAW\0\0\0\0"
-RAW_VERSION = 1
+RAW_VERSION = 2
 RAW_BLOCK = 4096
 RAW_COMPLETE = 1
 RAW_HEADER = Struct("kdumpkit_raw_header", [
@@ -52,9 +55,11 @@ RAW_HEADER = Struct("kdumpkit_raw_header", [
     ("hostname", "64s"), ("crash_id", "96s"),
     ("dmesg_off", "Q"), ("dmesg_len", "Q"), ("stream_off", "Q"), ("stream_len", "Q"),
     ("manifest_off", "Q"), ("manifest_len", "Q"),
+    ("kallsyms_off", "Q"), ("kallsyms_len", "Q"),  # version 2
 ])
 EXIT_RECEIVE_NOSPACE = 75  # the receiver's "disk full" (ssh itself uses 255)
-RECEIVE_NAMES = ("dmesg.txt", "vmcore.flat", "manifest.json")
+KALLSYMS_NAME = "kallsyms.gz"
+RECEIVE_NAMES = ("dmesg.txt", KALLSYMS_NAME, "vmcore.flat", "manifest.json")
 
 
 def crash_id_for(hostname: str, when: float | None = None) -> str:
@@ -80,7 +85,7 @@ class Destination(ABC):
 
     @abstractmethod
     def write_small(self, name: str, data: bytes) -> None:
-        """dmesg.txt or manifest.json, durable before returning."""
+        """dmesg.txt, kallsyms.gz or manifest.json, durable before returning."""
 
     @abstractmethod
     def open_vmcore(self) -> Output:
@@ -136,7 +141,7 @@ class LocalDestination(Destination):
         from kdumpkit.capture.manifest import file_entry
 
         out = {}
-        for name in ("dmesg.txt", self.vmcore_name):
+        for name in ("dmesg.txt", KALLSYMS_NAME, self.vmcore_name):
             p = os.path.join(self.dir, name)
             if os.path.exists(p):
                 out[name] = file_entry(p)
@@ -274,7 +279,8 @@ class RawDestination(Destination):
         host = crash_id.rsplit("-", 6)[0] if crash_id.count("-") >= 6 else crash_id
         self.header = dict(magic=RAW_MAGIC, version=RAW_VERSION, flags=0, timestamp=int(time.time()),
                            hostname=host.encode()[:64], crash_id=crash_id.encode()[:96], dmesg_off=0, dmesg_len=0,
-                           stream_off=RAW_BLOCK, stream_len=0, manifest_off=0, manifest_len=0)
+                           stream_off=RAW_BLOCK, stream_len=0, manifest_off=0, manifest_len=0,
+                           kallsyms_off=0, kallsyms_len=0)
         self._write_header()
         self.location = f"{dev} ({crash_id})"
 
@@ -308,6 +314,11 @@ class RawDestination(Destination):
             self.header.update(dmesg_off=RAW_BLOCK, dmesg_len=len(data))
             self.stream_off = _align(RAW_BLOCK + len(data), RAW_BLOCK)
             self.header.update(stream_off=self.stream_off)
+        elif name == KALLSYMS_NAME:
+            off = self.stream_off
+            self._pwrite(off, data)
+            self.stream_off = _align(off + len(data), RAW_BLOCK)
+            self.header.update(kallsyms_off=off, kallsyms_len=len(data), stream_off=self.stream_off)
         elif name == "manifest.json":
             off = self.header["stream_off"] + self.header["stream_len"]
             self._pwrite(off, data)
@@ -333,6 +344,8 @@ class RawDestination(Destination):
         out: dict[str, dict[str, Any]] = {}
         if self.header.get("dmesg_len"):
             out["dmesg.txt"] = {"size": self.header["dmesg_len"], "sha256": self.digests.get("dmesg.txt")}
+        if self.header.get("kallsyms_len"):
+            out[KALLSYMS_NAME] = {"size": self.header["kallsyms_len"], "sha256": self.digests.get(KALLSYMS_NAME)}
         if self.header.get("stream_len"):
             out[self.vmcore_name] = {"size": self.header["stream_len"], "sha256": self.digests.get(self.vmcore_name)}
         return out
@@ -465,8 +478,8 @@ class SshDestination(Destination):
         return _BrokenPipeAware(out, lambda: self._finish(proc, self.vmcore_name))
 
     def file_info(self) -> dict[str, dict[str, Any]]:
-        return {n: {"size": self.sizes[n], "sha256": self.digests[n]} for n in ("dmesg.txt", self.vmcore_name)
-                if n in self.sizes}
+        return {n: {"size": self.sizes[n], "sha256": self.digests[n]}
+                for n in ("dmesg.txt", KALLSYMS_NAME, self.vmcore_name) if n in self.sizes}
 
 
 class _BrokenPipeAware(Output):

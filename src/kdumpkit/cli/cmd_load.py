@@ -24,6 +24,8 @@ def register(sub: Any) -> None:
     p.add_argument("--mode", choices=("file", "classic"), default="file",
                    help="file: kexec_file_load (default, works under lockdown); classic: kexec_load (not yet)")
     p.add_argument("--dry-run", action="store_true", help="show what would be loaded, load nothing")
+    p.add_argument("--no-kallsyms", action="store_true",
+                   help="do not pack a /proc/kallsyms snapshot into the initramfs (it goes next to the dump)")
     p.add_argument("--no-image-check", action="store_true", help="do not check the kernel's bzImage header first")
     p.add_argument("--json", action="store_true")
     p.add_argument("--root", default="/", help=argparse.SUPPRESS)
@@ -39,9 +41,11 @@ def cmd_load(args: argparse.Namespace) -> int:
                             append=args.append, mode=args.mode,
                             remove=(*loader.DEFAULT_REMOVE, *(args.remove or ())),
                             default_append=args.default_append, no_initrd=args.no_initrd,
-                            check_image=not args.no_image_check)
+                            check_image=not args.no_image_check, kallsyms=not args.no_kallsyms)
     info = {"mode": plan.mode, "kernel": str(plan.kernel), "initrd": str(plan.initrd) if plan.initrd else None,
-            "cmdline": plan.cmdline, "flags": plan.flags, "loaded": False}
+            "cmdline": plan.cmdline, "flags": plan.flags, "loaded": False,
+            "kallsyms_snapshot": ({"symbols": plan.kallsyms.symbols, "module_symbols": plan.kallsyms.module_symbols,
+                                   "gzip_bytes": len(plan.kallsyms.data)} if plan.kallsyms else None)}
     if not args.dry_run:
         loader.load(plan)
         info["loaded"] = True

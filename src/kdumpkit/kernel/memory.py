@@ -9,6 +9,7 @@ otherwise) and ``vtop`` (always the page-table walk, for diagnostics).
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,8 @@ class KernelMemory(ABC):
         self.vmcoreinfo = vmcoreinfo
         self.notes: list[str] = []
         """Assumptions made while setting up (e.g. a defaulted phys_base)."""
+        self.source_path: str | None = None
+        """The dump file this memory comes from (symbols look for a ``kallsyms.gz`` beside it)."""
 
     @abstractmethod
     def to_phys(self, va: int) -> int:
@@ -95,6 +98,9 @@ def kernel_memory(dump: Dump, vmcoreinfo: VmcoreInfo | None = None) -> KernelMem
             except KdumpkitError:  # an optional hook must never break opening the kernel
                 b = None
             base = b if isinstance(b, int) else None
-        return X86_64Memory(lambda pa, n: dump.read(pa, n), info, direct_map_base=base, page_size=dump.page_size,
-                            max_phys=dump.max_pfn * dump.page_size)
+        mem = X86_64Memory(lambda pa, n: dump.read(pa, n), info, direct_map_base=base, page_size=dump.page_size,
+                           max_phys=dump.max_pfn * dump.page_size)
+        path = getattr(dump, "path", None)
+        mem.source_path = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+        return mem
     raise UnsupportedError(f"kernel address translation for {arch or 'unknown architecture'}")

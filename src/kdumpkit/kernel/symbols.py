@@ -11,12 +11,20 @@ changes how addresses are relocated:
   core-kernel entries are shifted by the difference (module entries cannot be);
 * a System.map: link-time addresses, shifted by ``KERNELOFFSET``.
 
+Without an explicit file, the dump's own kallsyms is used, and the
+``kallsyms.gz`` that ``kdumpkit capture`` puts beside the dump (the snapshot
+``kdumpkit load`` took of the crashed boot) adds what the dump's kallsyms
+lacks: module symbols — only when the snapshot's ``_text`` is the dump's,
+i.e. it was taken in the boot that crashed.
+
 Sizes are the distance to the next higher address (kallsyms has no sizes).
 """
 
 from __future__ import annotations
 
 import bisect
+import gzip
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -100,6 +108,24 @@ class SymbolTable:
         rows = [(n, (a + delta) % (1 << 64) if a >= _KERNEL_SPACE else a, t, m) for n, a, t, m in rows]
         return cls(rows, f"System.map {path}" + (f" (KERNELOFFSET {delta:#x})" if delta else ""))
 
+    def with_modules_from(self, snapshot: str, info: VmcoreInfo | None) -> SymbolTable:
+        """This table plus the module symbols of a ``/proc/kallsyms`` snapshot of the same boot.
+
+        A snapshot of another boot (its ``_text`` is not the dump's) adds
+        nothing: its module addresses would name the wrong code.
+        """
+        rows = list(_parse_nm_lines(_read_text(snapshot), allow_module=True))
+        if _slide(rows, info, runtime=True) != 0:
+            return SymbolTable(self._rows(), self.source + f" (snapshot {snapshot} is of another boot: not used)")
+        mods = [r for r in rows if r[3] is not None and r[1] >= _KERNEL_SPACE]
+        if not mods:
+            return self
+        n = len({r[3] for r in mods})
+        return SymbolTable(self._rows() + mods, self.source + f" + {len(mods)} symbols of {n} modules from {snapshot}")
+
+    def _rows(self) -> list[tuple[str, int, str, str | None]]:
+        return list(zip(self._names, self._addrs, self._types, self._modules, strict=True))
+
     # -- lookups ----------------------------------------------------------------------
     def _symbol(self, i: int, offset: int = 0) -> Symbol:
         addr = self._addrs[i]
@@ -144,10 +170,16 @@ class SymbolTable:
 
 def _read_text(path: str) -> str:
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise UsageError(f"cannot read symbol file {path}: {e.strerror}") from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise UsageError(f"cannot read symbol file {path}: {e}") from None
+    return data.decode("ascii", errors="replace")
 
 
 def _parse_nm_lines(text: str, *, allow_module: bool) -> Iterator[tuple[str, int, str, str | None]]:
@@ -185,13 +217,46 @@ def _slide(rows: list[tuple[str, int, str, str | None]], info: VmcoreInfo | None
     return (dump_text - text) % (1 << 64) if dump_text != text else 0
 
 
+SNAPSHOT_NAMES = ("kallsyms.gz", "kallsyms")
+
+
+def snapshot_beside(dump_path: str | None) -> str | None:
+    """The load-time ``/proc/kallsyms`` snapshot in the dump's folder, if any."""
+    if not dump_path:
+        return None
+    folder = os.path.dirname(os.path.abspath(dump_path))
+    for name in SNAPSHOT_NAMES:
+        p = os.path.join(folder, name)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
 def load_symbol_table(mem: KernelMemory | None, info: VmcoreInfo | None, *, system_map: str | None = None,
-                      kallsyms: str | None = None) -> SymbolTable:
-    """The table the user asked for, else the dump's own kallsyms."""
+                      kallsyms: str | None = None, snapshot: str | None = None,
+                      auto_snapshot: bool = True) -> SymbolTable:
+    """The table the user asked for, else the dump's own kallsyms (+ modules from a snapshot).
+
+    ``snapshot``: a ``/proc/kallsyms`` snapshot of the crashed boot; by
+    default (``auto_snapshot``) the one beside the dump file.  If the dump's
+    own kallsyms cannot be read the snapshot is used whole.
+    """
     if system_map:
         return SymbolTable.from_system_map(system_map, info)
     if kallsyms:
         return SymbolTable.from_proc_kallsyms(kallsyms, info)
     if mem is None:
         raise KernelError("no symbol source: the dump has no usable VMCOREINFO and no --system-map/--kallsyms")
-    return SymbolTable.from_kallsyms(mem, info)
+    snap = snapshot or (snapshot_beside(mem.source_path) if auto_snapshot else None)
+    try:
+        core = SymbolTable.from_kallsyms(mem, info)
+    except KernelError:
+        if snap is None:
+            raise
+        return SymbolTable.from_proc_kallsyms(snap, info)
+    if snap is None:
+        return core
+    try:
+        return core.with_modules_from(snap, info)
+    except (KernelError, UsageError):
+        return core

@@ -23,9 +23,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdumpkit.errors import ConfigError, KdumpkitError, UsageError
+from kdumpkit.errors import ConfigError, KdumpkitError, KernelError, UsageError
 from kdumpkit.kexec import syscalls
 from kdumpkit.kexec.bzimage import read_bzimage
+from kdumpkit.kexec.kallsyms_snapshot import Snapshot, initrd_with_snapshot, snapshot_archive, take_snapshot
 from kdumpkit.kexec.syscalls import KEXEC_FILE_ON_CRASH, SyscallFn
 
 #: kdumpctl's KDUMP_COMMANDLINE_REMOVE (x86_64) plus what ``prepare_cmdline`` always removes.
@@ -102,6 +103,8 @@ class LoadPlan:
     cmdline: str
     flags: int
     notes: list[str] = field(default_factory=list)
+    #: the ``/proc/kallsyms`` snapshot appended to the initramfs (None: not taken)
+    kallsyms: Snapshot | None = None
 
 
 def _release(root: Path) -> str:
@@ -134,12 +137,15 @@ def default_initrd(root: Path | str = "/") -> Path | None:
 def plan_load(*, root: Path | str = "/", kernel: str | Path | None = None, initrd: str | Path | None = None,
               cmdline: str | None = None, append: str = "", mode: str = "file",
               remove: Sequence[str] = DEFAULT_REMOVE, default_append: str = DEFAULT_APPEND,
-              no_initrd: bool = False, check_image: bool = True) -> LoadPlan:
+              no_initrd: bool = False, check_image: bool = True, kallsyms: bool = True) -> LoadPlan:
     """Resolve paths and the command line; nothing is loaded.
 
     With ``check_image`` the kernel must be a relocatable 64-bit bzImage and
     the command line must fit its ``cmdline_size`` -- errors the kernel
-    would otherwise report as a bare ENOEXEC or EINVAL.
+    would otherwise report as a bare ENOEXEC or EINVAL.  With ``kallsyms``
+    (and an initramfs) the running boot's ``/proc/kallsyms`` is snapshotted
+    for the capture (:mod:`kdumpkit.kexec.kallsyms_snapshot`); when it cannot
+    be read the load goes on without it and a note says so.
     """
     if mode not in ("file", "classic"):
         raise UsageError(f"--mode must be 'file' or 'classic', not {mode!r}")
@@ -174,8 +180,16 @@ def plan_load(*, root: Path | str = "/", kernel: str | Path | None = None, initr
             raise UsageError(f"the capture command line has {len(line)} characters, {kpath} accepts "
                              f"{image.cmdline_size - 1}")
         notes.append(f"kernel: {image.version_string or kpath.name} (needs {image.init_size >> 20} MiB to run)")
+    snap: Snapshot | None = None
+    if kallsyms and ipath is not None:
+        try:
+            snap = take_snapshot(rootp)
+            notes.append(f"kallsyms snapshot: {snap.symbols} symbols ({snap.module_symbols} in modules), "
+                         f"{len(snap.data) >> 10} KiB gzipped, appended to the initramfs")
+        except KernelError as e:
+            notes.append(f"no kallsyms snapshot: {e}")
     flags = KEXEC_FILE_ON_CRASH
-    return LoadPlan(mode, kpath, ipath, line, flags, notes)
+    return LoadPlan(mode, kpath, ipath, line, flags, notes, snap)
 
 
 def load(plan: LoadPlan, *, syscall: SyscallFn | None = None) -> None:
@@ -188,7 +202,9 @@ def load(plan: LoadPlan, *, syscall: SyscallFn | None = None) -> None:
         raise KdumpkitError(f"cannot open {plan.kernel}: {e.strerror}") from e
     ifd: int | None = None
     try:
-        if plan.initrd is not None:
+        if plan.initrd is not None and plan.kallsyms is not None:
+            ifd = initrd_with_snapshot(plan.initrd, snapshot_archive(plan.kallsyms))
+        elif plan.initrd is not None:
             try:
                 ifd = os.open(plan.initrd, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as e:
