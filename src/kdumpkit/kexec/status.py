@@ -11,12 +11,15 @@ What warns: sysctls that make some crashes not dump (``panic_on_oops=0``
 keeps an oops from panicking; ``unknown_nmi_panic=0`` ignores the "dump"
 NMI button); ``kernel.sysrq`` without the crash bit; a target with room for a
 filtered but not for a full dump; a reservation smaller than kdumpctl's
-default table recommends.
+default table recommends; no successful ``kdumpkit test`` recorded, or one
+of another kernel release or an older configuration than the running ones.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from kdumpkit.kexec.iomem import parse_iomem, read_iomem
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 SYSRQ_ENABLE_DUMP = 0x8   # drivers/tty/sysrq.c: the group SysRq-c (crash) belongs to
+LAST_TEST = "var/lib/kdumpkit/last-test.json"   # written by ``kdumpkit test`` on success (below root)
 
 
 def human(n: int) -> str:
@@ -182,6 +186,53 @@ def check_target(root: Path, target: str) -> list[Check]:
                   f"{human(total)}")]
 
 
+def _age(seconds: float) -> str:
+    s = max(int(seconds), 0)
+    for unit, n in (("day", 86400), ("h", 3600), ("min", 60)):
+        if s >= n:
+            v = s // n
+            return f"{v} {unit}{'s' if unit == 'day' and v != 1 else ''} ago"
+    return "just now"
+
+
+def check_last_test(root: Path, now: float | None = None) -> Check:
+    """The last successful ``kdumpkit test``: when, which kernel, and whether it still matches."""
+    name = "last test"
+    text = _read(root, LAST_TEST)
+    if text is None:
+        return Check(name, WARN, "no successful kdumpkit test recorded (kdumpkit test crashes this kernel "
+                     "with this configuration in a QEMU guest)")
+    try:
+        rec = json.loads(text)
+        kernel = rec["kernel"]["release"]
+        when = float(rec["timestamp"])
+    except (ValueError, KeyError, TypeError):
+        return Check(name, WARN, f"/{LAST_TEST} is unreadable: run kdumpkit test again")
+    age = _age((time.time() if now is None else now) - when)
+    levels = rec.get("dump_levels") or []
+    what = (f"passed {age} ({rec.get('time', '?')}): kernel {kernel}, dump level "
+            f"{','.join(str(v) for v in levels) or '?'}, {rec.get('codec', '?')}, "
+            f"crashkernel={rec.get('crashkernel', '?')}")
+    problems: list[str] = []
+    running = _read(root, "proc/sys/kernel/osrelease")
+    if running and running != kernel:
+        problems.append(f"the running kernel is {running}")
+    cfg = rec.get("config")
+    if isinstance(cfg, dict) and cfg.get("path") and cfg.get("sha256"):
+        try:
+            data = (root / str(cfg["path"]).lstrip("/")).read_bytes()
+        except OSError:
+            problems.append(f"{cfg['path']} is gone")
+        else:
+            import hashlib
+
+            if hashlib.sha256(data).hexdigest() != cfg["sha256"]:
+                problems.append(f"{cfg['path']} changed since")
+    if problems:
+        return Check(name, WARN, f"{what}; but {', '.join(problems)}: run kdumpkit test again")
+    return Check(name, OK, what)
+
+
 def status(root: Path | str = "/", target: str | None = None) -> Status:
     rootp = Path(root)
     checks = check_reservation(rootp)
@@ -189,4 +240,5 @@ def status(root: Path | str = "/", target: str | None = None) -> Status:
     checks += check_sysctls(rootp)
     if target is not None:
         checks += check_target(rootp, target)
+    checks.append(check_last_test(rootp))
     return Status(checks)

@@ -13,6 +13,7 @@ hashes the interpreter and kdumpkit's sources, so a code change rebuilds.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -45,15 +46,27 @@ class CaptureImages:
     sizes: dict[str, int]  # compressed / unpacked bytes
 
 
-def capture_images(kernel: Kernel, compression: str = "gzip") -> CaptureImages:
-    """The cached images for ``kernel`` (built on first use)."""
-    d = lab_dir("initramfs", f"{kernel.cache_key}-{compression}-{runtime_key()}")
+def capture_images(kernel: Kernel, compression: str = "gzip", *, config_text: str | None = None,
+                   modules: tuple[str, ...] = ()) -> CaptureImages:
+    """The cached images for ``kernel`` (built on first use).
+
+    ``config_text`` replaces :data:`LAB_CONFIG` (``kdumpkit test`` passes the
+    user's dump level and codec with the lab's raw target) and ``modules`` are
+    extra modules for the capture initramfs; each variant is cached apart.
+    """
+    variant = ""
+    if (config_text is not None and config_text != LAB_CONFIG) or modules:
+        h = hashlib.sha256((config_text or LAB_CONFIG).encode() + b"\0" + " ".join(modules).encode())
+        variant = f"-c{h.hexdigest()[:12]}"
+    key = runtime_key()
+    d = lab_dir("initramfs", f"{kernel.cache_key}-{compression}-{key}{variant}")
     cap, rt, meta = d / "capture.img", d / "runtime.img", d / "sizes.json"
     if not (cap.is_file() and rt.is_file() and meta.is_file()):
         for old in d.parent.glob(f"{kernel.cache_key}-{compression}-*"):
-            if old != d:  # images of an older kdumpkit tree: ~40 MB each, never used again
+            if old != d and key not in old.name:  # images of an older kdumpkit tree: ~40 MB each, never used again
                 shutil.rmtree(old, ignore_errors=True)
-        _blob, res = capture_initramfs.build(cap, config_text=LAB_CONFIG, modules_dir=kernel.modules_dir,
+        _blob, res = capture_initramfs.build(cap, config_text=config_text or LAB_CONFIG,
+                                             modules_dir=kernel.modules_dir, modules=list(modules),
                                              compression=compression)
         tree = cpio.Tree()
         add_runtime(tree)

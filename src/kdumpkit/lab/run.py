@@ -100,14 +100,17 @@ def _sparse_disk(path: Path, size_mb: int) -> None:
 def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_mb: int = 1024,
         crashkernel: str = "256M", scenario: str = "sysrq", capture: str = "makedumpfile",
         timeout: float = 600, accel: str = "auto", smp: int = 2,
-        on_line: Callable[[console.Line], None] | None = None) -> RunResult:
+        on_line: Callable[[console.Line], None] | None = None, capture_config: str | None = None,
+        capture_modules: tuple[str, ...] = ()) -> RunResult:
     """Run one crash cycle and write its outputs into ``out``.
 
     Outputs: ``vmcore`` (ELF copy of /proc/vmcore), ``dump.flat`` (makedumpfile
     ``-F -c -d 31`` run in the capture kernel), ``console.log``, ``dmesg.txt``
     and ``meminfo.txt`` (ground truth printed by the first kernel right before
     the crash) and ``run.json``.  ``on_line`` sees each console line as it
-    arrives (for live output).
+    arrives (for live output).  With ``capture="kdumpkit"``, ``capture_config``
+    (TOML) replaces the lab's capture configuration and ``capture_modules`` go
+    into the capture initramfs too (``kdumpkit test``).
     """
     if scenario not in SCENARIOS:
         raise LabError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -136,7 +139,7 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
     if capture == "kdumpkit":
         from kdumpkit.lab.capture_images import capture_images
 
-        ci = capture_images(k)
+        ci = capture_images(k, config_text=capture_config, modules=tuple(capture_modules))
         capture_initrd, runtime, sizes = ci.capture_initrd.read_bytes(), ci.runtime.read_bytes(), ci.sizes
 
     with tempfile.TemporaryDirectory(prefix="kdumpkit-lab-") as tmp:
