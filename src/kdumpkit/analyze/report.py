@@ -4,7 +4,8 @@ Why sections that degrade: a report is most needed on the worst dumps
 (filtered, truncated, no VMCOREINFO, corrupt stacks).  Each section is built
 on its own; any failure turns that section into ``unavailable: <reason>`` and
 the rest of the report still appears.  Nothing here scans the whole dump:
-VMCOREINFO, the log, the symbol table, ORC and one stack are read.
+VMCOREINFO, the log, the symbol table, ORC, one stack and (for modules and
+processes) the kernel's BTF and two kernel lists are read.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kdumpkit.kernel.vmcoreinfo import VmcoreInfo
 
 if TYPE_CHECKING:
     from kdumpkit.dump.base import Dump
+    from kdumpkit.kernel.btf import Btf
     from kdumpkit.kernel.memory import KernelMemory
     from kdumpkit.kernel.printk import PrintkLog
     from kdumpkit.kernel.stack import Backtrace
@@ -54,14 +56,18 @@ class Report:
         return out
 
 
-_ORDER = ("kernel", "crash", "signature", "cpu", "backtrace", "log_call_trace", "log", "modules", "symbols")
+_ORDER = ("kernel", "crash", "signature", "cpu", "backtrace", "log_call_trace", "log", "modules", "processes",
+          "symbols")
+DEFAULT_MAX_TASKS = 20
 
 
 class _Ctx:
     """What sections share, each piece computed at most once."""
 
-    def __init__(self, dump: Dump, system_map: str | None, kallsyms: str | None) -> None:
+    def __init__(self, dump: Dump, system_map: str | None, kallsyms: str | None,
+                 max_tasks: int = DEFAULT_MAX_TASKS) -> None:
         self.dump = dump
+        self.max_tasks = max_tasks
         self.system_map = system_map
         self.kallsyms = kallsyms
         self.info: VmcoreInfo | None = None
@@ -70,6 +76,8 @@ class _Ctx:
         self.symbols: SymbolTable | None = None
         self.facts: CrashFacts | None = None
         self.backtrace: Backtrace | None = None
+        self.btf: Btf | None = None
+        self.btf_source = ""
         self.errors: dict[str, str] = {}
 
 
@@ -82,9 +90,13 @@ def _section(report: Report, name: str, fn: Callable[[], Any]) -> None:
         report.unavailable[name] = f"internal error on this dump: {type(e).__name__}: {e}"
 
 
-def build_report(dump: Dump, *, system_map: str | None = None, kallsyms: str | None = None) -> Report:
-    """Every section that the dump allows; never raises for damaged dumps."""
-    ctx = _Ctx(dump, system_map, kallsyms)
+def build_report(dump: Dump, *, system_map: str | None = None, kallsyms: str | None = None,
+                 max_tasks: int = DEFAULT_MAX_TASKS) -> Report:
+    """Every section that the dump allows; never raises for damaged dumps.
+
+    ``max_tasks``: how many tasks the ``processes`` section lists (all are counted).
+    """
+    ctx = _Ctx(dump, system_map, kallsyms, max_tasks)
     _prepare(ctx)
     report = Report()
     _section(report, "kernel", lambda: _kernel(ctx))
@@ -94,6 +106,7 @@ def build_report(dump: Dump, *, system_map: str | None = None, kallsyms: str | N
     _section(report, "log_call_trace", lambda: _log_trace(ctx))
     _section(report, "log", lambda: _log_context(ctx))
     _section(report, "modules", lambda: _modules(ctx))
+    _section(report, "processes", lambda: _processes(ctx))
     _section(report, "symbols", lambda: _symbols(ctx))
     _section(report, "signature", lambda: _signature(ctx, report))
     return report
@@ -289,16 +302,119 @@ def _log_context(ctx: _Ctx) -> dict[str, Any]:
     return {"note": note, "partial": ctx.log.partial, "lines": format_plain(chosen).splitlines()}
 
 
-def _modules(ctx: _Ctx) -> dict[str, Any]:
-    _need(ctx, "log")
-    assert ctx.log is not None
+def _get_btf(ctx: _Ctx) -> Btf:
+    """The dump's own BTF, loaded once (a failure is remembered, not retried)."""
+    if ctx.btf is None:
+        if "btf" in ctx.errors:
+            raise KernelError(ctx.errors["btf"])
+        from kdumpkit.kernel.btf import load_btf
+
+        try:
+            _need(ctx, "kernel")
+            _need(ctx, "symbols")
+        except KdumpkitError as e:
+            ctx.errors["btf"] = f"BTF unavailable: no symbol table to locate it ({e})"
+            raise KernelError(ctx.errors["btf"]) from None
+        assert ctx.mem is not None and ctx.symbols is not None
+        try:
+            ctx.btf, ctx.btf_source = load_btf(ctx.mem, ctx.symbols)
+        except KdumpkitError as e:
+            ctx.errors["btf"] = f"BTF unavailable: {e}"
+            raise KernelError(ctx.errors["btf"]) from None
+    return ctx.btf
+
+
+def _log_modules(ctx: _Ctx) -> list[str] | None:
+    if ctx.log is None:
+        return None
     for rec in reversed(ctx.log.records):
         m = _MODULES_LINE.search(rec.text.decode("utf-8", "replace"))
         if m:
-            names = m.group(1).split()
-            return {"modules": names, "source": "the log's 'Modules linked in:' line (struct module offsets "
-                                                 "need BTF/debuginfo, not read)"}
-    raise KernelError("no 'Modules linked in:' line in the log (struct module offsets need BTF/debuginfo)")
+            return m.group(1).split()
+    return None
+
+
+def _crash_pcs_and_names(ctx: _Ctx) -> tuple[list[int], list[str]]:
+    """Program counters of the unwound backtrace and ``[module]`` names of the logged Call Trace."""
+    pcs: list[int] = []
+    names: list[str] = []
+    try:
+        pcs = [fr.pc for fr in _get_backtrace(ctx).frames]
+    except KdumpkitError:
+        pass
+    if ctx.log is not None:
+        names = [f["module"] for f in log_call_trace(ctx.log) if f["module"] and f["reliable"]]
+    return pcs, names
+
+
+def _modules(ctx: _Ctx) -> dict[str, Any]:
+    try:
+        return _modules_btf(ctx)
+    except KdumpkitError as e:
+        why = str(e)
+    names = _log_modules(ctx)
+    if names is None:
+        raise KernelError(f"{why}; and no 'Modules linked in:' line in the log"
+                          + (f" ({ctx.errors['log']})" if "log" in ctx.errors else ""))
+    return {"modules": [n.strip("[]") for n in names],
+            "source": f"the log's 'Modules linked in:' line (may be truncated; {why})"}
+
+
+def _modules_btf(ctx: _Ctx) -> dict[str, Any]:
+    from kdumpkit.kernel.modules import mark_crash, walk_modules
+
+    btf = _get_btf(ctx)
+    assert ctx.mem is not None and ctx.symbols is not None
+    mods = walk_modules(ctx.mem, btf, ctx.symbols)
+    pcs, names = _crash_pcs_and_names(ctx)
+    crash = mark_crash(mods, pcs, names)
+    out: dict[str, Any] = {"modules": [m.name for m in mods.modules], "count": len(mods.modules),
+                           "crash_modules": crash, "details": [m.to_json() for m in mods.modules],
+                           "source": f"the kernel's module list ({mods.layout}), offsets from {ctx.btf_source}"}
+    if not mods.complete:
+        out["problem"] = mods.problem
+    logged = _log_modules(ctx)
+    if logged is not None:
+        missing = sorted({n.strip("[]") for n in logged} - {m.name for m in mods.modules})
+        if missing:
+            out["in_log_not_in_list"] = missing
+    return out
+
+
+def _processes(ctx: _Ctx) -> dict[str, Any]:
+    """Crashing task first, then the first ``max_tasks`` in list order, and counts per state."""
+    from kdumpkit.kernel.tasks import walk_tasks
+
+    btf = _get_btf(ctx)
+    assert ctx.mem is not None and ctx.symbols is not None
+    tl = walk_tasks(ctx.mem, btf, ctx.symbols)
+    f = ctx.facts
+    crashing = None
+    how = ""
+    cpu = f.crashing_cpu if f else None
+    if cpu is not None and cpu in tl.current:
+        crashing = tl.find(tl.current[cpu])
+        how = f"current task of crashing CPU {cpu} ({tl.current_source})"
+    if crashing is None and f is not None and f.crashing_pid is not None:
+        crashing = next((t for t in tl.tasks if t.pid == f.crashing_pid
+                         and (f.crashing_comm is None or t.comm == f.crashing_comm)), None)
+        how = "the task matching the log's 'CPU: N PID: P Comm: C' line"
+    if crashing is not None and f is not None and f.crashing_pid is not None and crashing.pid != f.crashing_pid:
+        how += f" (the log says PID {f.crashing_pid} Comm {f.crashing_comm})"
+    states: dict[str, int] = {}
+    for t in tl.tasks:
+        states[t.state] = states.get(t.state, 0) + 1
+    listed = [t for t in tl.tasks if t is not crashing][:max(ctx.max_tasks, 0)]
+    out: dict[str, Any] = {
+        "count": len(tl.tasks), "states": dict(sorted(states.items(), key=lambda kv: -kv[1])),
+        "crashing": None if crashing is None else {**crashing.to_json(), "source": how},
+        "tasks": [t.to_json() for t in listed], "shown": len(listed),
+        "source": f"init_task.tasks and thread lists, offsets from {ctx.btf_source}; "
+                  f"CPU current tasks: {tl.current_source}",
+    }
+    if not tl.complete:
+        out["problem"] = tl.problem
+    return out
 
 
 def _symbols(ctx: _Ctx) -> dict[str, Any]:
@@ -358,13 +474,39 @@ def render(report: Report, fmt: str = "text") -> str:
             out += _block(["  ".join(f"{k.upper():>8}: {v}" for k, v in regs[i:i + 3])
                            for i in range(0, len(regs), 3)], md)
         elif name == "modules":
-            out.append(" ".join(data["modules"]) or "(none)")
+            crash = set(data.get("crash_modules", []))
+            out.append(" ".join(n + (" (crash)" if n in crash else "") for n in data["modules"]) or "(none)")
             out.append(f"source: {data['source']}")
+            out += [f"{k}: {data[k]}" for k in ("problem", "in_log_not_in_list") if k in data]
+        elif name == "processes":
+            out += _render_processes(data, md)
         else:
             for k, v in data.items():
                 out.append(f"- **{k}**: {v}" if md else f"{k}: {v}")
         out.append("")
     return "\n".join(out)
+
+
+def _render_processes(data: dict[str, Any], md: bool) -> list[str]:
+    states = "  ".join(f"{k} {v}" for k, v in data["states"].items())
+    lines = [f"{data['count']} tasks ({states})"]
+    rows = [f"  {'':1} {'PID':>7} {'TGID':>7} ST {'CPU':>3}  COMM"]
+    tasks = ([{**data["crashing"], "mark": ">"}] if data["crashing"] else []) + data["tasks"]
+    for t in tasks:
+        cpu = "" if t["cpu"] is None else str(t["cpu"])
+        rows.append(f"  {t.get('mark', ''):1} {t['pid']:>7} {t['tgid']:>7} {t['state']:2} {cpu:>3}  {t['comm']}")
+    lines += _block(rows, md)
+    shown = data["shown"] + (1 if data["crashing"] else 0)
+    if shown < data["count"]:
+        lines.append(f"({data['count'] - shown} more not shown)")
+    if data["crashing"]:
+        lines.append(f"> crashing task: {data['crashing']['source']}")
+    else:
+        lines.append("crashing task: not identified")
+    if "problem" in data:
+        lines.append(f"problem: {data['problem']}")
+    lines.append(f"source: {data['source']}")
+    return lines
 
 
 def _block(lines: list[str], md: bool) -> list[str]:
