@@ -1,6 +1,6 @@
 """QEMU ``dump-guest-memory`` of a running (not crashed) lab guest, read by kdumpkit.
 
-One boot of the bookworm lab guest with ``-device vmcoreinfo`` (and the guest's
+One boot per kernel (bookworm 6.1, trixie 6.12; each when cached) of the lab guest with ``-device vmcoreinfo`` (and the guest's
 ``qemu_fw_cfg`` module, which hands the kernel's VMCOREINFO address to QEMU).
 The lab's ``nmi`` scenario prints its ground truth and then sleeps waiting for
 an NMI — that window is when the host stops the vCPUs and takes two dumps over
@@ -70,8 +70,8 @@ class GuestDumps:
     work: Path
 
 
-@pytest.fixture(scope="module")
-def guest_dumps() -> Iterator[GuestDumps]:
+@pytest.fixture(scope="module", params=["bookworm", "trixie"])
+def guest_dumps(request: pytest.FixtureRequest) -> Iterator[GuestDumps]:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")
     from kdumpkit.errors import LabError
@@ -79,9 +79,9 @@ def guest_dumps() -> Iterator[GuestDumps]:
     from kdumpkit.lab.initramfs import build as build_initramfs
     from kdumpkit.lab.qemu import VM, VMConfig, choose_accel
 
-    k = kernels.cached("bookworm")
+    k = kernels.cached(request.param)
     if k is None:
-        pytest.skip("no cached bookworm lab kernel (run `kdumpkit lab run` once, online)")
+        pytest.skip(f"no cached {request.param} lab kernel (run `kdumpkit lab fetch {request.param}` once, online)")
 
     class VmcoreinfoConfig(VMConfig):
         def command(self, qmp_socket: Path) -> list[str]:
