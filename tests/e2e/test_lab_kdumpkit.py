@@ -4,7 +4,8 @@
 --json`` ready, SysRq-c, the capture kernel boots kdumpkit's capture
 initramfs and ``kdumpkit capture`` writes the raw disk, the host restores it
 (``kdumpkit restore-raw``) and reports on it.  This is ``kdumpkit lab demo``
-(:func:`kdumpkit.lab.demo.run_demo`); its outputs are cached per kernel
+(:func:`kdumpkit.lab.demo.run_demo`), and before the crash the guest takes a
+``kdumpkit live`` dump of itself (issue #9); its outputs are cached per kernel
 version and kdumpkit source hash, so an unchanged tree does not boot again.
 trixie only with ``KDUMPKIT_LAB_FULL=1``.
 """
@@ -16,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ def _demo(kernel: str) -> Any:
             if shutil.which(tool) is None:
                 pytest.skip(f"{tool} not installed (make apt installs the lab's tools)")
         shutil.rmtree(d, ignore_errors=True)
-        run_demo(k, d, timeout=900)
+        run_demo(k, d, timeout=900, live=True)
         (d / ".complete").write_text("")
     r = RunResult.load(d)
     meta = json.loads((d / "demo.json").read_text())
@@ -133,3 +135,26 @@ def test_same_kernel_log_as_the_makedumpfile_reference(demo: Any, ref_bookworm: 
 def test_demo_report(demo: Any) -> None:
     assert demo.result.release in demo.report_text
     assert "sysrq" in demo.report_text.lower()
+
+
+def test_live_dump_in_the_guest(demo: Any, tmp_path: Path) -> None:
+    """``kdumpkit live`` on the running guest: its kernel log is the guest's dmesg of that moment."""
+    live = demo.result.out / "live.vmcore"
+    assert live.stat().st_mode & 0o777 == 0o600
+    with open_dump(str(live)) as d:
+        assert d.format_name == "kdump" and not d.incomplete
+        info = d.vmcoreinfo_raw()
+        assert info is not None and _osrelease(info) == demo.result.release
+    out = tmp_path / "live-dmesg"
+    r = subprocess.run([sys.executable, "-m", "kdumpkit.cli.main", "dmesg", str(live), "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ours = [ln for ln in out.read_text(errors="replace").splitlines() if ln.startswith("[")]
+    before = [ln for ln in (demo.result.out / "live-dmesg-before.txt").read_text().splitlines() if ln.startswith("[")]
+    after = [ln for ln in (demo.result.out / "live-dmesg-after.txt").read_text().splitlines() if ln.startswith("[")]
+    assert before and set(before) <= set(ours), "a line the guest printed before the live dump is missing"
+    assert set(ours) <= set(after), "the live dump holds a line the guest never printed"
+    r = subprocess.run(["makedumpfile", "--dump-dmesg", str(live), str(tmp_path / "mdf")], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [ln for ln in (tmp_path / "mdf").read_text(errors="replace").splitlines() if ln.startswith("[")] == ours

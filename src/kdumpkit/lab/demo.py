@@ -33,14 +33,18 @@ class DemoResult:
 
 
 def run_demo(kernel: str | Kernel, out: str | os.PathLike[str], *, accel: str = "auto", timeout: float = 600,
-             on_line: Callable[[Line], None] | None = None) -> DemoResult:
-    """One kdumpkit-captured SysRq crash; the restored folder and its report."""
+             on_line: Callable[[Line], None] | None = None, live: bool = False) -> DemoResult:
+    """One kdumpkit-captured SysRq crash; the restored folder and its report.
+
+    ``live``: also a ``kdumpkit live`` dump of the guest before the crash
+    (the e2e tier uses it to prove live dumps in the same boot).
+    """
     from kdumpkit.analyze.report import build_report, render
     from kdumpkit.dump import open_dump
     from kdumpkit.dump.verify import verify_dump
 
     result = run(kernel, out=out, mem_mb=MEM_MB, crashkernel=CRASHKERNEL, scenario="sysrq", capture="kdumpkit",
-                 timeout=timeout, accel=accel, on_line=on_line)
+                 timeout=timeout, accel=accel, on_line=on_line, live=live)
     assert result.crash_dir is not None
     crash = Path(result.crash_dir)
     with open_dump(str(crash / "vmcore")) as d:

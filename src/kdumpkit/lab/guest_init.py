@@ -94,6 +94,22 @@ case "$scenario" in
     *) fail "unknown scenario $scenario" ;;
 esac
 
+if [ "$(arg live 0)" = 1 ]; then
+    # kdumpkit live: a non-disruptive dump of this running kernel, handed to the host on /dev/vdc.
+    mark "phase=live"
+    dmesg -n 1
+    echo "$M begin live-dmesg-before"; dmesg; echo "$M end live-dmesg-before"
+    kdumpkit live --out /tmp/live -d 31 -l >/tmp/live.log 2>&1 ||
+        fail "kdumpkit live: $(tail -c 300 /tmp/live.log | tr '\r\n' '  ')"
+    echo "$M begin live-dmesg-after"; dmesg; echo "$M end live-dmesg-after"
+    dmesg -n 7
+    v=$(ls /tmp/live/*/vmcore)
+    waitdev /dev/vdc
+    dd if="$v" of=/dev/vdc bs=1M conv=fsync 2>/dev/null || fail "copying the live dump to /dev/vdc failed"
+    mark "live-size=$(wc -c <"$v")"
+    rm -rf /tmp/live
+fi
+
 # Ground truth, as late as possible; the console log level is lowered so that
 # kernel messages do not interleave with it.
 dmesg -n 1

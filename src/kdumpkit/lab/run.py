@@ -101,7 +101,7 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
         crashkernel: str = "256M", scenario: str = "sysrq", capture: str = "makedumpfile",
         timeout: float = 600, accel: str = "auto", smp: int = 2,
         on_line: Callable[[console.Line], None] | None = None, capture_config: str | None = None,
-        capture_modules: tuple[str, ...] = ()) -> RunResult:
+        capture_modules: tuple[str, ...] = (), live: bool = False) -> RunResult:
     """Run one crash cycle and write its outputs into ``out``.
 
     Outputs: ``vmcore`` (ELF copy of /proc/vmcore), ``dump.flat`` (makedumpfile
@@ -110,19 +110,26 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
     the crash) and ``run.json``.  ``on_line`` sees each console line as it
     arrives (for live output).  With ``capture="kdumpkit"``, ``capture_config``
     (TOML) replaces the lab's capture configuration and ``capture_modules`` go
-    into the capture initramfs too (``kdumpkit test``).
+    into the capture initramfs too (``kdumpkit test``).  With ``live`` (needs
+    ``capture="kdumpkit"``: the guest has kdumpkit) the guest first runs
+    ``kdumpkit live -d 31 -l`` on itself; outputs ``live.vmcore`` and the
+    guest's dmesg right before and after it (``live-dmesg-before.txt``,
+    ``live-dmesg-after.txt``).
     """
     if scenario not in SCENARIOS:
         raise LabError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
     if capture not in CAPTURES:
         raise LabError(f"unknown capture {capture!r}; known: {', '.join(CAPTURES)}")
+    if live and capture != "kdumpkit":
+        raise LabError("a live dump in the guest needs --capture kdumpkit (the guest then has kdumpkit)")
     ck_mb = parse_crashkernel_mb(crashkernel)
     if ck_mb >= mem_mb:
         raise LabError(f"crashkernel={crashkernel} does not fit in {mem_mb} MiB")
     k = kernel if isinstance(kernel, Kernel) else get_kernel(kernel)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
-    for name in ("vmcore", "dump.flat", "dmesg.txt", "meminfo.txt", "run.json", "status.json"):
+    for name in ("vmcore", "dump.flat", "dmesg.txt", "meminfo.txt", "run.json", "status.json", "live.vmcore",
+                 "live-dmesg-before.txt", "live-dmesg-after.txt"):
         (outdir / name).unlink(missing_ok=True)
     shutil.rmtree(outdir / "crash", ignore_errors=True)
     log = outdir / "console.log"
@@ -154,6 +161,8 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
                    f"kdumpkit_lab.scenario={scenario} kdumpkit_lab.capture={capture} kdumpkit_lab.mem_mb={mem_mb}")
         if scenario == "softlockup":
             cmdline += " softlockup_panic=1"
+        if live:
+            cmdline += " kdumpkit_lab.live=1"
         vm = VM(VMConfig(k.vmlinuz, images.initrd, cmdline, mem_mb, disks, accel_used, smp), log)
         vm.on_line = on_line
         vm.start(work)
@@ -172,6 +181,8 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
             vmcore_size = extract.extract_elf(disks[1], outdir / "vmcore", expected)
         if capture == "makedumpfile":
             flat_size = extract.extract_flat(disks[2], outdir / "dump.flat")
+        if live:
+            _copy_prefix(disks[2], outdir / "live.vmcore", int(info.get("live-size", "0")), log)
         timings = console.phase_times(lines)
         timings["extract"] = round(time.monotonic() - t_extract, 2)
         timings["total"] = round(lines[-1].t if lines else 0.0, 2)
@@ -183,6 +194,10 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
         raise LabError("ground truth (dmesg/meminfo) missing from the console", str(log))
     (outdir / "dmesg.txt").write_text(dmesg)
     (outdir / "meminfo.txt").write_text(meminfo)
+    for name in ("live-dmesg-before", "live-dmesg-after"):
+        text = console.block(texts, name)
+        if text is not None:
+            (outdir / f"{name}.txt").write_text(text)
     status = console.block(texts, "status")
     if status is not None:
         (outdir / "status.json").write_text(status)
@@ -191,6 +206,24 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
                        initramfs=sizes)
     (outdir / "run.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+def _copy_prefix(disk: Path, dest: Path, size: int, log: Path) -> None:
+    """The first ``size`` bytes of a guest disk (what the guest dd'ed there), mode 0600."""
+    if size <= 0:
+        raise LabError("the guest reported no live dump size", str(log))
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with open(disk, "rb") as src:
+            left = size
+            while left:
+                chunk = src.read(min(left, 1 << 22))
+                if not chunk:
+                    raise LabError(f"{disk} is shorter than the live dump ({size} bytes)", str(log))
+                os.write(fd, chunk)
+                left -= len(chunk)
+    finally:
+        os.close(fd)
 
 
 def _restore(disk: Path, dest: Path, log: Path) -> tuple[str, int]:
