@@ -101,7 +101,7 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
         crashkernel: str = "256M", scenario: str = "sysrq", capture: str = "makedumpfile",
         timeout: float = 600, accel: str = "auto", smp: int = 2,
         on_line: Callable[[console.Line], None] | None = None, capture_config: str | None = None,
-        capture_modules: tuple[str, ...] = (), live: bool = False) -> RunResult:
+        capture_modules: tuple[str, ...] = (), live: bool = False, load_mode: str = "file") -> RunResult:
     """Run one crash cycle and write its outputs into ``out``.
 
     Outputs: ``vmcore`` (ELF copy of /proc/vmcore), ``dump.flat`` (makedumpfile
@@ -114,7 +114,8 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
     ``capture="kdumpkit"``: the guest has kdumpkit) the guest first runs
     ``kdumpkit live -d 31 -l`` on itself; outputs ``live.vmcore`` and the
     guest's dmesg right before and after it (``live-dmesg-before.txt``,
-    ``live-dmesg-after.txt``).
+    ``live-dmesg-after.txt``).  ``load_mode`` is ``kdumpkit load --mode`` in the
+    guest (``capture="kdumpkit"``): ``file`` (kexec_file_load) or ``classic`` (kexec_load).
     """
     if scenario not in SCENARIOS:
         raise LabError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -122,6 +123,8 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
         raise LabError(f"unknown capture {capture!r}; known: {', '.join(CAPTURES)}")
     if live and capture != "kdumpkit":
         raise LabError("a live dump in the guest needs --capture kdumpkit (the guest then has kdumpkit)")
+    if load_mode not in ("file", "classic"):
+        raise LabError(f"unknown load mode {load_mode!r}; known: file, classic")
     ck_mb = parse_crashkernel_mb(crashkernel)
     if ck_mb >= mem_mb:
         raise LabError(f"crashkernel={crashkernel} does not fit in {mem_mb} MiB")
@@ -163,6 +166,8 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
             cmdline += " softlockup_panic=1"
         if live:
             cmdline += " kdumpkit_lab.live=1"
+        if load_mode != "file":
+            cmdline += f" kdumpkit_lab.load_mode={load_mode}"
         vm = VM(VMConfig(k.vmlinuz, images.initrd, cmdline, mem_mb, disks, accel_used, smp), log)
         vm.on_line = on_line
         vm.start(work)
