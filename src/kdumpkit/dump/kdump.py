@@ -357,15 +357,24 @@ class KdumpFile(Dump):
         bs = h.block_size
         self._bitmap_off = (1 + h.sub_hdr_size) * bs
         total = h.bitmap_blocks * bs
-        self.src._check(self._bitmap_off, total, "bitmaps")
-        need_blocks = _ceil_div(_ceil_div(self.max_mapnr, 8), bs)
+        need_bytes = _ceil_div(self.max_mapnr, 8)
+        need_blocks = _ceil_div(need_bytes, bs)
         if h.bitmap_blocks >= 2 * need_blocks:
             self.bitmap_count = 2
             half = (h.bitmap_blocks // 2) * bs
             bm1 = self.src.view(self._bitmap_off, half)
-            bm2 = self.src.view(self._bitmap_off + half, half)
+            short = self._bitmap_off + total - self.src.size
+            if 0 < short <= half - need_bytes:
+                # A --split piece with no pages after its bitmaps: makedumpfile leaves the 2nd
+                # bitmap's padding past max_mapnr unwritten, so the file ends early.  Those bits
+                # cover no pfn; read them as zeros.
+                bm2 = bytes(self.src.view(self._bitmap_off + half, half - short)) + bytes(short)
+            else:
+                self.src._check(self._bitmap_off, total, "bitmaps")
+                bm2 = self.src.view(self._bitmap_off + half, half)
         else:
             # old DISKDUMP: one bitmap serves as both (crash does the same)
+            self.src._check(self._bitmap_off, total, "bitmaps")
             self.bitmap_count = 1
             bm1 = bm2 = self.src.view(self._bitmap_off, total)
             if total * 8 < self.max_mapnr:
