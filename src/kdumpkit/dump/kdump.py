@@ -362,7 +362,8 @@ class KdumpFile(Dump):
         if h.bitmap_blocks >= 2 * need_blocks:
             self.bitmap_count = 2
             half = (h.bitmap_blocks // 2) * bs
-            bm1 = self.src.view(self._bitmap_off, half)
+            bm1: Buffer = self.src.view(self._bitmap_off, half)
+            bm2: Buffer
             short = self._bitmap_off + total - self.src.size
             if 0 < short <= half - need_bytes:
                 # A --split piece with no pages after its bitmaps: makedumpfile leaves the 2nd

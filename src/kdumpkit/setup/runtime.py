@@ -45,13 +45,13 @@ ENTRY = f"{PREFIX}/kdumpkit.py"
 
 #: The CLI commands the image can run (``kdumpkit.cli.main`` registers the
 #: ``cmd_*`` modules it finds, so shipping only these keeps the rest out).
-COMMANDS = ("capture", "save", "load", "status", "dmesg")
+COMMANDS = ("capture", "save", "load", "status", "dmesg", "live")
 
 #: Modules imported lazily (inside functions) on the capture/save/load/status
 #: paths, from ``sys.modules`` after ``kdumpkit capture`` of a real vmcore to a
 #: raw target.  Module-level imports of these are found by the closure itself.
 KDUMPKIT_ROOTS = (
-    "kdumpkit.capture.dmesg", "kdumpkit.capture.elfgaps", "kdumpkit.capture.engine", "kdumpkit.capture.filter",
+    "kdumpkit.capture.dmesg", "kdumpkit.capture.elfgaps", "kdumpkit.capture.live", "kdumpkit.kernel._kcore", "kdumpkit.capture.engine", "kdumpkit.capture.filter",
     "kdumpkit.capture.manifest", "kdumpkit.capture.retention", "kdumpkit.capture.selfcheck",
     "kdumpkit.capture.session", "kdumpkit.capture.targets", "kdumpkit.capture.tolerant",
     "kdumpkit.dump", "kdumpkit.dump.codecs", "kdumpkit.dump.convert", "kdumpkit.dump.detect", "kdumpkit.dump.elf",
