@@ -28,6 +28,9 @@ def register(sub: Any) -> None:
     r.add_argument("--scenario", choices=SCENARIOS, default="sysrq")
     r.add_argument("--capture", choices=CAPTURES, default="makedumpfile",
                    help="makedumpfile: also run makedumpfile -F -c -d 31 in the guest; raw: only copy /proc/vmcore")
+    r.add_argument("--load-mode", choices=("file", "classic"), default="file",
+                   help="--capture kdumpkit: kdumpkit load --mode in the guest (file: kexec_file_load, "
+                        "classic: kexec_load with kdumpkit's own segments and purgatory)")
     r.add_argument("--out", required=True, metavar="DIR", help="where vmcore, dump.flat, console.log … go")
     r.add_argument("--timeout", type=float, default=600, metavar="S", help="give up after S seconds (default 600)")
     r.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
@@ -145,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = run(_kernel(args), out=args.out, mem_mb=args.mem, crashkernel=args.crashkernel,
                  scenario=args.scenario, capture=args.capture, timeout=args.timeout, accel=args.accel,
-                 on_line=_echo if args.verbose else _live)
+                 on_line=_echo if args.verbose else _live, load_mode=args.load_mode)
     _print_result(result)
     return 0
 

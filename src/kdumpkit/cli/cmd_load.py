@@ -10,7 +10,7 @@ from kdumpkit.kexec import loader
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("load", help="load the capture kernel (kexec_file_load, KEXEC_FILE_ON_CRASH)")
+    p = sub.add_parser("load", help="load the capture kernel (kexec_file_load, or kexec_load with --mode classic)")
     p.add_argument("--kernel", metavar="PATH", help="capture kernel (default /boot/vmlinuz-$(uname -r))")
     p.add_argument("--initrd", metavar="PATH", help="capture initramfs (default: the first kdump initramfs found)")
     p.add_argument("--no-initrd", action="store_true", help="load without an initramfs")
@@ -22,7 +22,8 @@ def register(sub: Any) -> None:
     p.add_argument("--remove", metavar="KEY", action="append",
                    help="also drop this option from /proc/cmdline (repeatable)")
     p.add_argument("--mode", choices=("file", "classic"), default="file",
-                   help="file: kexec_file_load (default, works under lockdown); classic: kexec_load (not yet)")
+                   help="file: kexec_file_load (default, works under lockdown); classic: kexec_load with segments "
+                        "kdumpkit builds (kernel, boot_params, initrd, elfcorehdr, purgatory)")
     p.add_argument("--dry-run", action="store_true", help="show what would be loaded, load nothing")
     p.add_argument("--no-kallsyms", action="store_true",
                    help="do not pack a /proc/kallsyms snapshot into the initramfs (it goes next to the dump)")
@@ -42,10 +43,16 @@ def cmd_load(args: argparse.Namespace) -> int:
                             remove=(*loader.DEFAULT_REMOVE, *(args.remove or ())),
                             default_append=args.default_append, no_initrd=args.no_initrd,
                             check_image=not args.no_image_check, kallsyms=not args.no_kallsyms)
-    info = {"mode": plan.mode, "kernel": str(plan.kernel), "initrd": str(plan.initrd) if plan.initrd else None,
-            "cmdline": plan.cmdline, "flags": plan.flags, "loaded": False,
-            "kallsyms_snapshot": ({"symbols": plan.kallsyms.symbols, "module_symbols": plan.kallsyms.module_symbols,
-                                   "gzip_bytes": len(plan.kallsyms.data)} if plan.kallsyms else None)}
+    info: dict[str, Any] = {
+        "mode": plan.mode, "kernel": str(plan.kernel), "initrd": str(plan.initrd) if plan.initrd else None,
+        "cmdline": plan.cmdline, "flags": plan.flags, "loaded": False,
+        "kallsyms_snapshot": ({"symbols": plan.kallsyms.symbols, "module_symbols": plan.kallsyms.module_symbols,
+                               "gzip_bytes": len(plan.kallsyms.data)} if plan.kallsyms else None)}
+    if plan.classic is not None:
+        img = plan.classic
+        info["entry"] = img.entry
+        info["segments"] = [{"name": s.name, "mem": s.mem, "memsz": s.memsz, "bufsz": s.size} for s in img.segments]
+        info["e820"] = [{"addr": a, "size": n, "type": t} for a, n, t in img.e820]
     if not args.dry_run:
         loader.load(plan)
         info["loaded"] = True
@@ -57,6 +64,11 @@ def cmd_load(args: argparse.Namespace) -> int:
         print(f"{'would load' if args.dry_run else 'loaded'} ({plan.mode}): {plan.kernel}"
               f"{' + ' + str(plan.initrd) if plan.initrd else ''}")
         print(f"command line: {plan.cmdline}")
+        if plan.classic is not None:
+            print(f"kexec_load segments (entry {plan.classic.entry:#x}: purgatory -> kernel "
+                  f"{plan.classic.kernel_entry:#x}, boot_params {plan.classic.boot_params_addr:#x}):")
+            for row in plan.classic.table():
+                print(f"  {row}")
     return 0
 
 

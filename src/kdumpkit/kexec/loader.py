@@ -7,8 +7,14 @@ layout), the boot parameters and its own purgatory, and verifies the image
 signature when KEXEC_SIG/lockdown demands it.  That is why it is the only
 mode that works under Secure Boot, and why kdumpctl uses it by default.
 
-``mode="classic"`` (``kexec_load``: userspace builds every segment) is not
-implemented yet; :func:`load` raises a UsageError naming what is missing.
+``mode="classic"`` hands ``kexec_load`` (``KEXEC_ON_CRASH |
+KEXEC_ARCH_X86_64``) segments kdumpkit builds itself
+(:mod:`kdumpkit.kexec.classic`): kernel, boot_params + command line,
+initrd, elfcorehdr and a 512-byte purgatory (:mod:`kdumpkit.kexec.purgatory`)
+that is the entry point.  It needs ``kexec_load`` allowed (no lockdown,
+``kernel.kexec_load_disabled=0``) and root to read ``/proc/iomem``,
+``/proc/kallsyms`` and the ``crash_notes``; the purgatory does not verify
+the segments' SHA-256 the way kexec-tools' does.
 
 The capture command line is derived like kdumpctl does: start from the
 running kernel's ``/proc/cmdline``, drop the options that would hurt a
@@ -24,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdumpkit.errors import ConfigError, KdumpkitError, KernelError, UsageError
-from kdumpkit.kexec import syscalls
+from kdumpkit.kexec import classic, syscalls
 from kdumpkit.kexec.bzimage import read_bzimage
 from kdumpkit.kexec.kallsyms_snapshot import Snapshot, initrd_with_snapshot, snapshot_archive, take_snapshot
-from kdumpkit.kexec.syscalls import KEXEC_FILE_ON_CRASH, SyscallFn
+from kdumpkit.kexec.syscalls import KEXEC_ARCH_X86_64, KEXEC_FILE_ON_CRASH, KEXEC_ON_CRASH, Segment, SyscallFn
 
 #: kdumpctl's KDUMP_COMMANDLINE_REMOVE (x86_64) plus what ``prepare_cmdline`` always removes.
 DEFAULT_REMOVE = ("crashkernel", "panic_on_warn", "hugepages", "hugepagesz", "default_hugepagesz", "slub_debug",
@@ -37,10 +43,6 @@ DEFAULT_REMOVE = ("crashkernel", "panic_on_warn", "hugepages", "hugepagesz", "de
 DEFAULT_APPEND = ("irqpoll nr_cpus=1 reset_devices cgroup_disable=memory mce=off numa=off udev.children-max=2 "
                   "panic=10 acpi_no_memhotplug transparent_hugepage=never nokaslr hest_disable cma=0 "
                   "pcie_ports=compat novmcoredd hugetlb_cma=0 kfence.sample_interval=0")
-
-
-CLASSIC_NOT_IMPLEMENTED = ("--mode classic (kexec_load: bzImage segments, boot_params, elfcorehdr and a purgatory "
-                           "built in userspace) is not implemented yet; use --mode file")
 
 
 def split_cmdline(cmdline: str) -> list[str]:
@@ -105,6 +107,8 @@ class LoadPlan:
     notes: list[str] = field(default_factory=list)
     #: the ``/proc/kallsyms`` snapshot appended to the initramfs (None: not taken)
     kallsyms: Snapshot | None = None
+    #: ``mode="classic"``: the segments kexec_load gets (initrd bytes are read at load time)
+    classic: classic.ClassicImage | None = None
 
 
 def _release(root: Path) -> str:
@@ -149,8 +153,6 @@ def plan_load(*, root: Path | str = "/", kernel: str | Path | None = None, initr
     """
     if mode not in ("file", "classic"):
         raise UsageError(f"--mode must be 'file' or 'classic', not {mode!r}")
-    if mode == "classic":
-        raise UsageError(CLASSIC_NOT_IMPLEMENTED)
     rootp = Path(root)
     kpath = Path(kernel) if kernel else default_kernel(rootp)
     if not kpath.is_file():
@@ -188,14 +190,69 @@ def plan_load(*, root: Path | str = "/", kernel: str | Path | None = None, initr
                          f"{len(snap.data) >> 10} KiB gzipped, appended to the initramfs")
         except KernelError as e:
             notes.append(f"no kallsyms snapshot: {e}")
+    if mode == "classic":
+        return _plan_classic(rootp, kpath, ipath, line, notes, snap)
     flags = KEXEC_FILE_ON_CRASH
     return LoadPlan(mode, kpath, ipath, line, flags, notes, snap)
 
 
+def _plan_classic(root: Path, kpath: Path, ipath: Path | None, line: str, notes: list[str],
+                  snap: Snapshot | None) -> LoadPlan:
+    try:
+        kernel = kpath.read_bytes()
+    except OSError as e:
+        raise KdumpkitError(f"cannot read {kpath}: {e.strerror}") from e
+    isize: int | None = None
+    if ipath is not None:
+        try:
+            isize = ipath.stat().st_size
+        except OSError as e:
+            raise KdumpkitError(f"cannot read {ipath}: {e.strerror}") from e
+        if snap is not None:  # initrd_with_snapshot: the file, zero padding to 4 bytes, the archive
+            isize += -isize % 4 + len(snapshot_archive(snap))
+    image = classic.build(root, kernel, line, isize, kernel_name=str(kpath))
+    return LoadPlan("classic", kpath, ipath, image.cmdline, KEXEC_ON_CRASH | KEXEC_ARCH_X86_64,
+                    notes + image.notes, snap, image)
+
+
+def _read_fd(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    chunks = []
+    done = 0
+    while done < size:
+        b = os.pread(fd, size - done, done)
+        if not b:
+            break
+        chunks.append(b)
+        done += len(b)
+    return b"".join(chunks)
+
+
+def _load_classic(plan: LoadPlan, image: classic.ClassicImage, syscall: SyscallFn | None) -> None:
+    initrd: bytes | None = None
+    if plan.initrd is not None:
+        if plan.kallsyms is not None:
+            fd = initrd_with_snapshot(plan.initrd, snapshot_archive(plan.kallsyms))
+            try:
+                initrd = _read_fd(fd)
+            finally:
+                os.close(fd)
+        else:
+            try:
+                initrd = plan.initrd.read_bytes()
+            except OSError as e:
+                raise KdumpkitError(f"cannot read {plan.initrd}: {e.strerror}") from e
+    segs = [Segment(data, s.mem, s.memsz) for s, data in classic.segments(image, initrd)]
+    syscalls.kexec_load(image.entry, segs, plan.flags, syscall=syscall)
+
+
 def load(plan: LoadPlan, *, syscall: SyscallFn | None = None) -> None:
-    """Load the capture kernel as planned (kexec_file_load with KEXEC_FILE_ON_CRASH)."""
+    """Load the capture kernel as planned: kexec_file_load (KEXEC_FILE_ON_CRASH) or, classic, kexec_load."""
     if plan.mode == "classic":
-        raise UsageError(CLASSIC_NOT_IMPLEMENTED)
+        if plan.classic is None:
+            raise UsageError("a classic load needs the plan's segments (plan_load(mode='classic'))")
+        _load_classic(plan, plan.classic, syscall)
+        return
     try:
         kfd = os.open(plan.kernel, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:

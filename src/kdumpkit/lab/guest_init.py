@@ -72,10 +72,14 @@ mark "phase=workload-done"
 
 capture_cmdline="irqpoll nr_cpus=1 reset_devices panic=1 console=ttyS0 kdumpkit_lab.role=capture kdumpkit_lab.capture=$(arg capture makedumpfile)"
 if [ "$(arg capture makedumpfile)" = kdumpkit ]; then
-    # kdumpkit's own kexec_file_load; the capture kernel boots kdumpkit's capture initramfs.
-    kdumpkit load --kernel /boot/vmlinuz --initrd /boot/kdumpkit-initrd.img \
+    # kdumpkit's own kexec_file_load (or kexec_load, load_mode=classic); the capture kernel boots
+    # kdumpkit's capture initramfs.
+    t0=$(up)
+    kdumpkit load --mode "$(arg load_mode file)" --kernel /boot/vmlinuz --initrd /boot/kdumpkit-initrd.img \
         --cmdline "irqpoll nr_cpus=1 reset_devices panic=1 console=ttyS0" >/tmp/load.log 2>&1 ||
         fail "kdumpkit load: $(tail -c 300 /tmp/load.log | tr '\r\n' '  ')"
+    mark "load=done mode=$(arg load_mode file) start=$t0"
+    echo "$M begin load"; cat /tmp/load.log; echo "$M end load"
     echo "$M begin status"; kdumpkit status --json; rc=$?; echo "$M end status"
     [ $rc = 0 ] || fail "kdumpkit status --json says not ready (exit $rc)"
 else
