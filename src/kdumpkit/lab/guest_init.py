@@ -103,6 +103,7 @@ if [ "$(arg live 0)" = 1 ]; then
     mark "phase=live"
     dmesg -n 1
     echo "$M begin live-dmesg-before"; dmesg; echo "$M end live-dmesg-before"
+    mkdir -p /tmp/live
     kdumpkit live --out /tmp/live -d 31 -l >/tmp/live.log 2>&1 ||
         fail "kdumpkit live: $(tail -c 300 /tmp/live.log | tr '\r\n' '  ')"
     echo "$M begin live-dmesg-after"; dmesg; echo "$M end live-dmesg-after"
