@@ -28,6 +28,9 @@ def register(sub: Any) -> None:
     r.add_argument("--scenario", choices=SCENARIOS, default="sysrq")
     r.add_argument("--capture", choices=CAPTURES, default="makedumpfile",
                    help="makedumpfile: also run makedumpfile -F -c -d 31 in the guest; raw: only copy /proc/vmcore")
+    r.add_argument("--live", action="store_true",
+                   help="first take a `kdumpkit live` dump of the running guest (needs --capture kdumpkit): "
+                        "live.vmcore + the guest's dmesg before/after")
     r.add_argument("--load-mode", choices=("file", "classic"), default="file",
                    help="--capture kdumpkit: kdumpkit load --mode in the guest (file: kexec_file_load, "
                         "classic: kexec_load with kdumpkit's own segments and purgatory)")
@@ -148,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = run(_kernel(args), out=args.out, mem_mb=args.mem, crashkernel=args.crashkernel,
                  scenario=args.scenario, capture=args.capture, timeout=args.timeout, accel=args.accel,
-                 on_line=_echo if args.verbose else _live, load_mode=args.load_mode)
+                 on_line=_echo if args.verbose else _live, load_mode=args.load_mode, live=args.live)
     _print_result(result)
     return 0
 
