@@ -249,3 +249,19 @@ def test_script_argv_exit_code_and_cleanup(bookworm: Any, tmp_path: Path) -> Non
     assert p.stdout.strip() == "['a', '--', '-b'] X86_64"
     assert p.stderr == ""
     assert list(tmp.iterdir()) == []  # … and is gone afterwards
+
+
+def test_each_piece_of_our_save_split_opens_in_drgn(bookworm: Any, tmp_path: Path) -> None:
+    """``kdumpkit save --split`` pieces carry the uname makedumpfile writes (libkdumpfile takes the
+    architecture from it): each piece opens in drgn on its own, like makedumpfile's."""
+    if not _caps().libkdumpfile:
+        pytest.skip("this drgn has no libkdumpfile")
+    pieces = [tmp_path / "p1", tmp_path / "p2"]
+    p = subprocess.run([*KDUMPKIT, "save", "-l", "-d", "31", "--split", str(bookworm.vmcore), *map(str, pieces)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    args, want = _truth([str(bookworm.vmcore)])
+    for piece in pieces:
+        prog = drgn.Program()
+        prog.set_core_dump(str(piece))
+        assert prog["UTS_RELEASE"].string_().decode() == want["release"]

@@ -302,6 +302,7 @@ def save_split(source: Dump, paths: list[str], opts: SaveOptions, *, force: bool
         raise UsageError("--split writes kdump-compressed pieces only (not -E or -F)")
     if len(paths) < 2:
         raise UsageError("--split needs at least two output files")
+    from kdumpkit.dump.convert import header_utsname
     from kdumpkit.dump.split import write_kdump_split
 
     say = log or (lambda msg: None)
@@ -315,7 +316,7 @@ def save_split(source: Dump, paths: list[str], opts: SaveOptions, *, force: bool
         recs = [HeaderRecordingSink(o.sink) for o in outs]
         try:
             pieces = write_kdump_split(tol, recs, codec=opts.codec, exclude_zero=exclude_zero, dump_level=level,
-                                       progress=progress, workers=opts.workers)
+                                       progress=progress, workers=opts.workers, utsname=header_utsname(layer))
             if tol.incomplete:
                 for r in recs:
                     mark_incomplete(r, layer, "kdump", [])

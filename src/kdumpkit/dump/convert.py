@@ -21,6 +21,19 @@ from kdumpkit.errors import OutputError, UsageError
 WRITE_FORMATS = ["elf", "kdump", "flat", "raw", "lime", "lkcd"]
 
 
+def header_utsname(source: Dump) -> dict[str, str] | None:
+    """The uname a kdump header carries, as makedumpfile writes it: the source's own, else ``init_uts_ns``.
+
+    libkdumpfile (drgn, crash's diskdump reader less so) takes the architecture
+    from it: a header without ``machine`` is unreadable there.
+    """
+    from kdumpkit.kernel.utsname import read_utsname
+
+    uts = getattr(source, "utsname", None)
+    got = uts() if callable(uts) else read_utsname(source)
+    return dict(got) if got else None
+
+
 def write_to_sink(source: Dump, sink: Sink, fmt: str, *, path: str = "", codec: str | None = "zlib",
                   exclude_zero: bool = False, dump_level: int = 0, elf_class: int = 64,
                   progress: Progress | None = None, workers: int = 1) -> WriteStats:
@@ -31,12 +44,9 @@ def write_to_sink(source: Dump, sink: Sink, fmt: str, *, path: str = "", codec: 
         return write_elf(source, sink, elf_class=elf_class, exclude_zero=exclude_zero, progress=progress)
     if fmt in ("kdump", "flat"):
         from kdumpkit.dump.kdump import write_kdump
-        from kdumpkit.kernel.utsname import read_utsname  # the header carries uname as makedumpfile writes it
 
-        uts = getattr(source, "utsname", None)
-        utsname = uts() if callable(uts) else read_utsname(source)
         stats: WriteStats = write_kdump(source, sink, codec=codec, exclude_zero=exclude_zero, dump_level=dump_level,
-                                        utsname=utsname, progress=progress, workers=workers)
+                                        utsname=header_utsname(source), progress=progress, workers=workers)
         return stats
     if fmt == "lime":
         from kdumpkit.dump.lime import write_lime
