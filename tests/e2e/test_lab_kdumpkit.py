@@ -170,3 +170,14 @@ def test_live_dump_in_the_guest(demo: Any, tmp_path: Path) -> None:
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "mdf").read_text(errors="replace") == out.read_text(errors="replace")
+
+
+def test_estimate_of_the_running_guest(demo: Any) -> None:
+    """``kdumpkit estimate /proc/kcore`` in the guest: its free pages are the kernel's MemFree of that moment."""
+    est = json.loads((demo.result.out / "live-estimate.json").read_text())
+    meminfo = (demo.result.out / "live-meminfo.txt").read_text()
+    mem_free_kib = int(re.search(r"^MemFree:\s+(\d+) kB", meminfo, re.M).group(1))  # type: ignore[union-attr]
+    free_kib = est["classes"]["free"] * est["page_size"] // 1024
+    assert abs(free_kib - mem_free_kib) <= max(mem_free_kib // 20, 8192), (free_kib, mem_free_kib)
+    assert est["selfcheck"]["checked"] is True  # not "ok": memory moves while a live system is read
+    assert est["levels"]["31"]["pages"] < est["levels"]["0"]["pages"] // 2

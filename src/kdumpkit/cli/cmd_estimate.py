@@ -6,10 +6,11 @@ size is "dumped pages minus the classes it excludes"); ``--zero`` also
 reads every remaining page to count the zero pages level bit 1 drops
 (slow: it reads the whole dump).  Sizes are uncompressed page bytes.
 
-``/proc/kcore`` (a live system) is not supported yet: kcore's RAM
-segments are virtual-address views, and classifying them needs the
-running kernel's struct pages through kcore, which this command does not
-do; it says so instead of guessing.
+``/proc/kcore`` (root) estimates the running system, like
+``makedumpfile --mem-usage /proc/kcore``: its direct-map segments are read
+as physical memory (:func:`kdumpkit.capture.live.open_live`, the source of
+``kdumpkit live``) with ``/sys/kernel/vmcoreinfo``.  The kernel keeps
+running meanwhile, so the counts are a moment's approximation.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 from kdumpkit.capture.filter import COUNT_KEYS, filtered
 from kdumpkit.cli.progress import print_json
 from kdumpkit.dump import open_dump
-from kdumpkit.errors import UnsupportedError
+from kdumpkit.dump.base import Dump
+from kdumpkit.errors import UsageError
 from kdumpkit.kernel.pageflags import level_classes
 
 LEVELS = (0, 1, 2, 4, 8, 16, 17, 31)
@@ -38,10 +40,16 @@ def register(sub: Any) -> None:
 
 def estimate(dump_paths: list[str], *, zero: bool = False, selfcheck: bool = True) -> dict[str, Any]:
     """The estimate as a plain dict (what ``--json`` prints)."""
-    if any(os.path.realpath(p) == "/proc/kcore" for p in dump_paths):
-        raise UnsupportedError("estimating /proc/kcore (a live kernel) is not implemented; "
-                               "run it on a vmcore or on `makedumpfile --mem-usage /proc/kcore`")
-    with open_dump(dump_paths if len(dump_paths) > 1 else dump_paths[0]) as dump:
+    live = [p for p in dump_paths if os.path.basename(os.path.realpath(p)) == "kcore"]
+    if live and len(dump_paths) > 1:
+        raise UsageError("/proc/kcore is estimated on its own, not as part of a split set")
+    if live:
+        from kdumpkit.capture.live import open_live
+
+        source: Dump = open_live(live[0])
+    else:
+        source = open_dump(dump_paths if len(dump_paths) > 1 else dump_paths[0])
+    with source as dump:
         f = filtered(dump, 31, selfcheck=selfcheck)
         counts = dict(f.counts)
         zero_pages = f.count_zero_pages() if zero else None

@@ -107,6 +107,10 @@ if [ "$(arg live 0)" = 1 ]; then
     kdumpkit live --out /tmp/live -d 31 -l >/tmp/live.log 2>&1 ||
         fail "kdumpkit live: $(tail -c 300 /tmp/live.log | tr '\r\n' '  ')"
     echo "$M begin live-dmesg-after"; dmesg; echo "$M end live-dmesg-after"
+    echo "$M begin live-estimate"; kdumpkit estimate /proc/kcore --json 2>/tmp/estimate.log ||
+        fail "kdumpkit estimate /proc/kcore: $(tail -c 300 /tmp/estimate.log | tr '\r\n' '  ')"
+    echo "$M end live-estimate"
+    echo "$M begin live-meminfo"; cat /proc/meminfo; echo "$M end live-meminfo"
     dmesg -n 7
     v=$(ls /tmp/live/*/vmcore)
     waitdev /dev/vdc

@@ -112,9 +112,10 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
     (TOML) replaces the lab's capture configuration and ``capture_modules`` go
     into the capture initramfs too (``kdumpkit test``).  With ``live`` (needs
     ``capture="kdumpkit"``: the guest has kdumpkit) the guest first runs
-    ``kdumpkit live -d 31 -l`` on itself; outputs ``live.vmcore`` and the
-    guest's dmesg right before and after it (``live-dmesg-before.txt``,
-    ``live-dmesg-after.txt``).  ``load_mode`` is ``kdumpkit load --mode`` in the
+    ``kdumpkit live -d 31 -l`` and ``kdumpkit estimate /proc/kcore`` on
+    itself; outputs ``live.vmcore``, the guest's dmesg right before and after
+    it (``live-dmesg-before.txt``, ``live-dmesg-after.txt``), the estimate
+    (``live-estimate.json``) and ``/proc/meminfo`` right after it.  ``load_mode`` is ``kdumpkit load --mode`` in the
     guest (``capture="kdumpkit"``): ``file`` (kexec_file_load) or ``classic`` (kexec_load).
     """
     if scenario not in SCENARIOS:
@@ -132,7 +133,7 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     for name in ("vmcore", "dump.flat", "dmesg.txt", "meminfo.txt", "run.json", "status.json", "live.vmcore",
-                 "live-dmesg-before.txt", "live-dmesg-after.txt"):
+                 "live-dmesg-before.txt", "live-dmesg-after.txt", "live-estimate.json", "live-meminfo.txt"):
         (outdir / name).unlink(missing_ok=True)
     shutil.rmtree(outdir / "crash", ignore_errors=True)
     log = outdir / "console.log"
@@ -199,10 +200,11 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
         raise LabError("ground truth (dmesg/meminfo) missing from the console", str(log))
     (outdir / "dmesg.txt").write_text(dmesg)
     (outdir / "meminfo.txt").write_text(meminfo)
-    for name in ("live-dmesg-before", "live-dmesg-after"):
+    for name, suffix in (("live-dmesg-before", "txt"), ("live-dmesg-after", "txt"), ("live-estimate", "json"),
+                         ("live-meminfo", "txt")):
         text = console.block(texts, name)
         if text is not None:
-            (outdir / f"{name}.txt").write_text(text)
+            (outdir / f"{name}.{suffix}").write_text(text)
     status = console.block(texts, "status")
     if status is not None:
         (outdir / "status.json").write_text(status)

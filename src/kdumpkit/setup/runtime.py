@@ -45,7 +45,7 @@ ENTRY = f"{PREFIX}/kdumpkit.py"
 
 #: The CLI commands the image can run (``kdumpkit.cli.main`` registers the
 #: ``cmd_*`` modules it finds, so shipping only these keeps the rest out).
-COMMANDS = ("capture", "save", "load", "status", "dmesg", "live")
+COMMANDS = ("capture", "save", "load", "status", "dmesg", "live", "estimate")
 
 #: Modules imported lazily (inside functions) on the capture/save/load/status
 #: paths, from ``sys.modules`` after ``kdumpkit capture`` of a real vmcore to a
