@@ -34,6 +34,7 @@ _CONTEXT_BEFORE = 10
 _CONTEXT_AFTER = 40
 _TAINT_LINE = re.compile(r"(Not tainted|Tainted: [A-Z ]+)")
 _MODULES_LINE = re.compile(r"Modules linked in:(.*)")
+_BARE_ADDRESS = re.compile(r"^\s*(\? )?0x[0-9a-f]+\s*$")
 _TRACE_FRAME = re.compile(r"^\s*(\? )?([A-Za-z0-9_.$]+)\+(0x[0-9a-f]+)/(0x[0-9a-f]+)(?: \[(\S+)\])?")
 _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\d+")
 _UTS_LEN = 65
@@ -251,6 +252,8 @@ def log_call_trace(log: PrintkLog) -> list[dict[str, Any]]:
                 continue
             m = _TRACE_FRAME.match(line)
             if not m:
+                if _BARE_ADDRESS.match(line):
+                    continue  # "? 0xffffffffc0237000": an address the kernel could not name (a module's init)
                 return frames
             frames.append({"function": m.group(2), "offset": m.group(3), "size": m.group(4),
                            "module": m.group(5), "reliable": m.group(1) is None})
@@ -435,7 +438,11 @@ def _signature(ctx: _Ctx, report: Report) -> dict[str, Any]:
     functions: list[str] = []
     basis = "backtrace"
     try:
-        functions = [fr.function for fr in _get_backtrace(ctx).frames if fr.function]
+        bt = _get_backtrace(ctx)
+        # A stack scan also finds stale return addresses that change from run to run:
+        # sign only what an unwinder (ORC, frame pointers) vouches for.
+        if bt.method != "scan":
+            functions = [fr.function for fr in bt.frames if fr.function]
     except KdumpkitError:
         pass
     if not functions and ctx.log is not None:

@@ -14,7 +14,7 @@ kernel's printed "Call Trace" from ``panic`` down.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kdumpkit.errors import KdumpkitError
 from kdumpkit.kernel.memory import KernelMemory
@@ -67,6 +67,16 @@ class _State:
         self.full_regs = True
 
 
+def symbolize_pc(symbols: SymbolTable, pc: int, *, return_address: bool) -> Symbol | None:
+    """Like the kernel's ``%pB``: a return address is looked up at ``pc - 1``, so a call to a
+    noreturn function (``panic()``) that ends its caller names the caller, not the next
+    function; the offset shown is still that of ``pc``."""
+    if not return_address:
+        return symbols.symbolize(pc)
+    sym = symbols.symbolize(pc - 1)
+    return None if sym is None else replace(sym, offset=sym.offset + 1)
+
+
 def _is_text(symbols: SymbolTable, pc: int) -> Symbol | None:
     sym = symbols.symbolize(pc)
     return sym if sym is not None and sym.type in _TEXT_TYPES else None
@@ -78,7 +88,7 @@ def _orc_walk(mem: KernelMemory, symbols: SymbolTable, orc: OrcTable, regs: dict
     reliable = True
     resyncs = 0
     for _ in range(_MAX_FRAMES):
-        sym = symbols.symbolize(st.ip)
+        sym = symbolize_pc(symbols, st.ip, return_address=not st.signal)
         bt.frames.append(Frame(st.ip, st.sp, sym, reliable))
         reliable = True
         if sym is None:
@@ -110,11 +120,22 @@ def _orc_walk(mem: KernelMemory, symbols: SymbolTable, orc: OrcTable, regs: dict
     return bt
 
 
+def _stack_above(mem: KernelMemory, sp: int) -> bytes:
+    """The stack from ``sp`` up to its top: a task stack (THREAD_SIZE-aligned), else the rest of
+    ``sp``'s page — the IST exception stacks (NMI, #DF, #MC …) are one page each, between guard
+    pages, so a THREAD_SIZE read from them runs into unmapped memory."""
+    top = (sp | (THREAD_SIZE - 1)) + 1
+    try:
+        return bytes(mem.read_virt(sp, top - sp)) if 0 < top - sp <= THREAD_SIZE else b""
+    except KdumpkitError:
+        page_top = (sp | (mem.page_size - 1)) + 1
+        return bytes(mem.read_virt(sp, page_top - sp))
+
+
 def _resync(mem: KernelMemory, symbols: SymbolTable, orc: OrcTable, st: _State) -> bool:
     """Move ``st`` to the first return address above ``sp`` that has a defined ORC rule."""
-    top = (st.sp | (THREAD_SIZE - 1)) + 1
     try:
-        data = mem.read_virt(st.sp, top - st.sp) if 0 < top - st.sp <= THREAD_SIZE else b""
+        data = _stack_above(mem, st.sp)
     except KdumpkitError:
         return False
     for off in range(0, len(data) - 7, 8):
@@ -184,7 +205,7 @@ def _fp_walk(mem: KernelMemory, symbols: SymbolTable, regs: dict[str, int]) -> B
             sym = _is_text(symbols, ret)
             if sym is None:
                 break
-            bt.frames.append(Frame(ret, bp + 16, symbols.symbolize(ret - 1) or sym))
+            bt.frames.append(Frame(ret, bp + 16, symbolize_pc(symbols, ret, return_address=True) or sym))
             nxt = mem.read_u64(bp)
             if nxt <= bp:
                 break
@@ -198,16 +219,17 @@ def _scan(mem: KernelMemory, symbols: SymbolTable, regs: dict[str, int]) -> Back
     bt = Backtrace("scan")
     pc, sp = regs.get("rip", 0), regs.get("rsp", 0)
     bt.frames.append(Frame(pc, sp, symbols.symbolize(pc), reliable=False))
-    top = (sp | (THREAD_SIZE - 1)) + 1
     try:
-        data = mem.read_virt(sp, top - sp) if 0 < top - sp <= THREAD_SIZE else b""
+        data = _stack_above(mem, sp)
     except KdumpkitError as e:
         bt.problems.append(f"stack unreadable: {e}")
         return bt
     for off in range(0, len(data) - 7, 8):
         word = int.from_bytes(data[off:off + 8], "little")
-        sym = _is_text(symbols, word)
-        if sym is not None and sym.offset > 0:
+        if _is_text(symbols, word - 1) is None:
+            continue
+        sym = symbolize_pc(symbols, word, return_address=True)
+        if sym is not None:
             bt.frames.append(Frame(word, sp + off, sym, reliable=False))
             if len(bt.frames) >= _MAX_FRAMES:
                 break
