@@ -244,3 +244,38 @@ def get(kernel: str) -> Kernel:
     if os.path.sep in kernel or Path(kernel).is_file():
         return custom(kernel)
     raise LabError(f"unknown kernel {kernel!r}; known: {', '.join(SUITES)} or a path to a vmlinuz")
+
+
+def fetch_debug_vmlinux(k: Kernel) -> Path:
+    """The debuginfo ``vmlinux`` of a lab kernel (Debian's ``linux-image-<release>-dbg``), cached.
+
+    About 860 MB to download and 630 MB kept: only for comparisons with crash
+    or drgn under full debuginfo (the full lab tier), never needed by kdumpkit.
+    """
+    if k.name not in SUITES:
+        raise LabError(f"no Debian debug package for a custom kernel ({k.vmlinuz})")
+    ddir = lab_dir("debug", k.name) / _safe(k.package_version)
+    vmlinux = ddir / f"vmlinux-{k.release}"
+    if vmlinux.is_file():
+        return vmlinux
+    opts, base = _apt_opts(k.name)
+    dl = base / "debs"
+    dl.mkdir(exist_ok=True)
+    pkg = f"linux-image-{k.release}-dbg"
+    _run(["apt-get", *opts, "-qq", "download", f"{pkg}={k.package_version}"], cwd=dl, timeout=3600)
+    debs = sorted(dl.glob(f"{pkg}_*.deb"), key=lambda p: p.stat().st_mtime)
+    if not debs:
+        raise LabError(f"apt-get download {pkg}={k.package_version} produced no .deb")
+    tmp = ddir.with_name(ddir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _run(["sh", "-c", f"dpkg-deb --fsys-tarfile '{debs[-1]}' | tar -x -C '{tmp}' --wildcards "
+          f"'./usr/lib/debug/boot/vmlinux-*'"], timeout=1800)
+    found = list(tmp.glob("usr/lib/debug/boot/vmlinux-*"))
+    if not found:
+        raise LabError(f"{debs[-1].name} holds no usr/lib/debug/boot/vmlinux-*")
+    ddir.mkdir(parents=True, exist_ok=True)
+    found[0].rename(vmlinux)
+    shutil.rmtree(tmp, ignore_errors=True)
+    debs[-1].unlink()
+    return vmlinux
