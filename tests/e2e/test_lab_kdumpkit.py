@@ -181,4 +181,4 @@ def test_estimate_of_the_running_guest(demo: Any) -> None:
     # MemFree is read after estimate exits, when its own ~30 MiB of Python and NumPy are free again
     assert abs(free_kib - mem_free_kib) <= max(mem_free_kib // 10, 8192), (free_kib, mem_free_kib)
     assert est["selfcheck"]["checked"] is True  # not "ok": memory moves while a live system is read
-    assert est["levels"]["16"]["pages"] < est["levels"]["0"]["pages"] // 2
+    assert est["levels"]["16"]["pages"] <= est["levels"]["0"]["pages"] - est["classes"]["free"]
