@@ -65,9 +65,10 @@ def flat_size(f: os.PathLike[str] | str) -> int:
 
 
 def sparse_copy(src: Path, dst: Path, length: int, block: int = 1 << 20) -> None:
-    """Copy the first ``length`` bytes of ``src`` to ``dst``, holes for zero blocks."""
+    """Copy the first ``length`` bytes of ``src`` to ``dst`` (mode 0600: a dump), holes for zero blocks."""
     zero = bytes(block)
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(src, "rb") as fi, open(fd, "wb") as fo:
         left = length
         while left:
             buf = fi.read(min(block, left))

@@ -188,7 +188,10 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
         if capture == "makedumpfile":
             flat_size = extract.extract_flat(disks[2], outdir / "dump.flat")
         if live:
-            _copy_prefix(disks[2], outdir / "live.vmcore", int(info.get("live-size", "0")), log)
+            live_size = int(info.get("live-size", "0"))
+            if live_size <= 0:
+                raise LabError("the guest reported no live dump size", str(log))
+            extract.sparse_copy(disks[2], outdir / "live.vmcore", live_size)
         timings = console.phase_times(lines)
         timings["extract"] = round(time.monotonic() - t_extract, 2)
         timings["total"] = round(lines[-1].t if lines else 0.0, 2)
@@ -213,24 +216,6 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
                        initramfs=sizes)
     (outdir / "run.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
-
-
-def _copy_prefix(disk: Path, dest: Path, size: int, log: Path) -> None:
-    """The first ``size`` bytes of a guest disk (what the guest dd'ed there), mode 0600."""
-    if size <= 0:
-        raise LabError("the guest reported no live dump size", str(log))
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with open(disk, "rb") as src:
-            left = size
-            while left:
-                chunk = src.read(min(left, 1 << 22))
-                if not chunk:
-                    raise LabError(f"{disk} is shorter than the live dump ({size} bytes)", str(log))
-                os.write(fd, chunk)
-                left -= len(chunk)
-    finally:
-        os.close(fd)
 
 
 def _restore(disk: Path, dest: Path, log: Path) -> tuple[str, int]:
