@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_capture import LOG, Actions, _raw_cfg, cfg, src  # noqa: F401  (fixture module shared)
+from test_capture import LOG, Actions, _raw_cfg, cfg, fake_kernel_log, src  # noqa: F401  (autouse fixture)
 from test_kexec_syscalls import _v, fake_bzimage
 
 from kdumpkit.capture import session
@@ -23,11 +23,6 @@ from kdumpkit.lab import cpio
 
 KALLSYMS = (b"ffffffff81000000 T _text\nffffffff81000100 T panic\nffffffff81000200 T _etext\n"
             b"ffffffffc0001000 t crash_init\t[crashmod]\nffffffffc0001100 t crash_exit\t[crashmod]\n")
-
-
-@pytest.fixture(autouse=True)
-def fake_kernel_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(session, "dmesg_bytes", lambda dump: LOG)
 
 
 def _root(tmp_path: Path, kallsyms: bytes = KALLSYMS) -> Path:
