@@ -27,7 +27,8 @@ def register(sub: Any) -> None:
     r.add_argument("--crashkernel", default="256M", help="crashkernel= reservation (default 256M)")
     r.add_argument("--scenario", choices=SCENARIOS, default="sysrq")
     r.add_argument("--capture", choices=CAPTURES, default="makedumpfile",
-                   help="makedumpfile: also run makedumpfile -F -c -d 31 in the guest; raw: only copy /proc/vmcore")
+                   help="makedumpfile: also run makedumpfile -F -c -d 31 in the guest; raw: only copy /proc/vmcore; "
+                        "kdumpkit: kdumpkit load + capture; kdumpkit-save: kdumpkit save -F -l -d 31 in the capture kernel")
     r.add_argument("--live", action="store_true",
                    help="first take a `kdumpkit live` dump of the running guest (needs --capture kdumpkit): "
                         "live.vmcore + the guest's dmesg before/after")

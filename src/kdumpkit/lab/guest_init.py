@@ -48,6 +48,13 @@ if [ -e /proc/vmcore ]; then
             fail "makedumpfile exited $?: $(tail -c 300 /tmp/mdf.log | tr '\r\n' '  ')"
         mark "phase=makedumpfile-done"
     fi
+    if [ "$(arg capture makedumpfile)" = kdumpkit-save ]; then
+        # kdumpkit's makedumpfile drop-in itself, run by this capture kernel on /proc/vmcore.
+        t0=$(up)
+        kdumpkit save -F -l -d 31 --message-level 1 /proc/vmcore >/dev/vdc 2>/tmp/save.log ||
+            fail "kdumpkit save exited $?: $(tail -c 300 /tmp/save.log | tr '\r\n' '  ')"
+        mark "phase=kdumpkit-save-done start=$t0"
+    fi
     dd if=/proc/vmcore of=/dev/vdb bs=1M 2>/tmp/dd.log || fail "dd of /proc/vmcore: $(tail -1 /tmp/dd.log)"
     mark "phase=raw-done"
     sync

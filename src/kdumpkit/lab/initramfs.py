@@ -105,15 +105,19 @@ def build_base(kernel: Kernel, extra_modules: list[str] | None = None,
 
 def build(kernel: Kernel, workdir: Path, extra_modules: list[str] | None = None,
           extra_files: dict[str, Path] | None = None, *, capture_initrd: bytes | None = None,
-          runtime: bytes | None = None) -> Images:
+          runtime: bytes | None = None, runtime_in_capture: bool = False) -> Images:
     """Write base, payload and the combined initrd under ``workdir``.
 
     With ``capture_initrd`` (kdumpkit's capture initramfs) the payload carries
     it instead of a copy of ``base``, and ``runtime`` (a compressed archive
     with the Python runtime, for ``kdumpkit load`` in the first kernel) is
     appended to the base: the kernel unpacks concatenated archives in order.
+    ``runtime_in_capture`` appends it before the copy for ``kexec -p`` is
+    taken, so the capture kernel can run ``kdumpkit save`` itself.
     """
     base, order = build_base(kernel, extra_modules, extra_files)
+    if runtime is not None and runtime_in_capture:
+        base, runtime = base + runtime, None
     payload_tree = cpio.Tree()
     payload_tree.file("boot/vmlinuz", kernel.vmlinuz.read_bytes())
     if capture_initrd is not None:

@@ -29,7 +29,7 @@ from kdumpkit.lab.kernels import get as get_kernel
 from kdumpkit.lab.qemu import VM, VMConfig, choose_accel
 
 SCENARIOS = ("sysrq", "oops", "nmi", "softlockup", "panic_on_oom")
-CAPTURES = ("makedumpfile", "raw", "kdumpkit")
+CAPTURES = ("makedumpfile", "raw", "kdumpkit", "kdumpkit-save")
 WORKLOAD_DISK_MB = 64
 
 
@@ -117,6 +117,10 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
     it (``live-dmesg-before.txt``, ``live-dmesg-after.txt``), the estimate
     (``live-estimate.json``) and ``/proc/meminfo`` right after it.  ``load_mode`` is ``kdumpkit load --mode`` in the
     guest (``capture="kdumpkit"``): ``file`` (kexec_file_load) or ``classic`` (kexec_load).
+    With ``capture="kdumpkit-save"`` kexec-tools loads the lab image with the
+    Python runtime inside, and the capture kernel runs ``kdumpkit save -F -l
+    -d 31 /proc/vmcore`` itself (the makedumpfile drop-in): ``dump.flat`` is
+    its output.
     """
     if scenario not in SCENARIOS:
         raise LabError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -147,16 +151,18 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
 
     sizes: dict[str, int] | None = None
     capture_initrd = runtime = None
-    if capture == "kdumpkit":
+    if capture in ("kdumpkit", "kdumpkit-save"):
         from kdumpkit.lab.capture_images import capture_images
 
         ci = capture_images(k, config_text=capture_config, modules=tuple(capture_modules))
-        capture_initrd, runtime, sizes = ci.capture_initrd.read_bytes(), ci.runtime.read_bytes(), ci.sizes
+        runtime, sizes = ci.runtime.read_bytes(), ci.sizes
+        if capture == "kdumpkit":
+            capture_initrd = ci.capture_initrd.read_bytes()
 
     with tempfile.TemporaryDirectory(prefix="kdumpkit-lab-") as tmp:
         work = Path(tmp)
         images = build_initramfs(k, work, extra_modules, extra_files, capture_initrd=capture_initrd,
-                                 runtime=runtime)
+                                 runtime=runtime, runtime_in_capture=capture == "kdumpkit-save")
         disks = [work / "workload.img", work / "raw.img", work / "flat.img"]
         _sparse_disk(disks[0], WORKLOAD_DISK_MB)
         _sparse_disk(disks[1], mem_mb + 64)
@@ -185,7 +191,7 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
             crash_dir, vmcore_size = _restore(disks[1], outdir / "crash", log)
         else:
             vmcore_size = extract.extract_elf(disks[1], outdir / "vmcore", expected)
-        if capture == "makedumpfile":
+        if capture in ("makedumpfile", "kdumpkit-save"):
             flat_size = extract.extract_flat(disks[2], outdir / "dump.flat")
         if live:
             live_size = int(info.get("live-size", "0"))
