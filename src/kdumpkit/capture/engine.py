@@ -168,6 +168,9 @@ class HeaderRecordingSink(Sink):
             self.header = bytes(data)
         self.inner.pwrite(offset, data)
 
+    def copy_from(self, fd: int, src_offset: int, offset: int, length: int) -> bool:
+        return offset != 0 and self.inner.copy_from(fd, src_offset, offset, length)
+
     def close(self) -> None:  # the Output closes the real sink
         pass
 

@@ -65,6 +65,10 @@ class TolerantDump(Dump):
                 self.incomplete = True
         return out
 
+    def file_extent(self, pfn: int, count: int) -> tuple[int, int] | None:
+        # a failed kernel copy falls back to _read_dumped below, which records the holes
+        return self.inner.file_extent(pfn, count)
+
     def __getattr__(self, name: str) -> object:
         # optional reader hooks (direct_map_base, utsname …) pass through
         return getattr(self.inner, name)

@@ -119,6 +119,16 @@ class Dump(ABC):
     def close(self) -> None:
         """Release the file; the dump is unusable afterwards."""
 
+    def file_extent(self, pfn: int, count: int) -> tuple[int, int] | None:
+        """``(fd, offset)`` when the ``count`` pages from ``pfn`` lie raw and contiguous in one file.
+
+        Writers that store pages unchanged (ELF output) then let the kernel
+        copy them (``copy_file_range``: no trip through user space, a reflink
+        where the filesystem can).  None for anything else, including every
+        layer that changes pages; the default.
+        """
+        return None
+
     def reopen_spec(self) -> tuple[str, str] | None:
         """``(path, format)`` a worker process can open to read this dump's DUMPED pages itself.
 

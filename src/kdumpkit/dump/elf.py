@@ -257,7 +257,9 @@ def write_elf(source: Dump, sink: Sink, *, elf_class: int = 64, exclude_zero: bo
     for start, fpages, _ in segs:
         for pfn in range(start, start + fpages, batch):
             n = min(batch, start + fpages - pfn)
-            sink.pwrite(off, source._read_dumped(pfn, n))
+            ext = source.file_extent(pfn, n)
+            if ext is None or not sink.copy_from(ext[0], ext[1], off, n * ps):
+                sink.pwrite(off, source._read_dumped(pfn, n))
             off += n * ps
             done += n
             if progress:

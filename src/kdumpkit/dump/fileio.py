@@ -33,6 +33,10 @@ class ByteSource(ABC):
     def close(self) -> None:
         pass
 
+    def fileno(self) -> int | None:
+        """The file descriptor holding these bytes at these offsets, or None (not a plain file)."""
+        return None
+
     def _check(self, offset: int, length: int, what: str = "data") -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise TruncatedDumpError(f"{what} of {length} bytes at {offset} in {self.name}", min(max(offset, 0), self.size))
@@ -83,6 +87,9 @@ class MappedFile(ByteSource):
             self._touch(offset, length)
             return self._mm[offset:offset + length]
         return bytes(self.view(offset, length))
+
+    def fileno(self) -> int | None:
+        return self._fd if self._fd >= 0 else None
 
     def _touch(self, offset: int, length: int) -> None:
         # Release what earlier requests touched (their pages are faulted in by

@@ -770,6 +770,35 @@ def encode_batch(codec_name: str | None, page_size: int, data: bytes, share_zero
     return b"".join(parts), sizes, flags, zero
 
 
+@dataclass(frozen=True)
+class Extent:
+    """Raw pages still in the source file: the writer copies them in the kernel (``Sink.copy_from``)."""
+
+    fd: int
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+
+RAW_BATCH_PAGES = 1024  # 4 MiB per copy_file_range call
+
+
+def _raw_pages(source: Dump, runs: list[tuple[int, int]]
+               ) -> Iterator[tuple[int, int, tuple[Extent | bytes, np.ndarray, np.ndarray, np.ndarray]]]:
+    """Uncompressed pages with no zero-page sharing: nothing to look at, so nothing is read.
+
+    Each batch is an :class:`Extent` where the source keeps the pages raw in
+    a file, else its bytes; zero pages are not counted (they are not sought).
+    """
+    ps = source.page_size
+    for pfn, n in _batch_ranges(runs, RAW_BATCH_PAGES):
+        ext = source.file_extent(pfn, n)
+        blob: Extent | bytes = Extent(ext[0], ext[1], n * ps) if ext else bytes(source._read_dumped(pfn, n))
+        yield pfn, n, (blob, np.full(n, ps, dtype=np.uint32), np.zeros(n, dtype=np.uint32), np.zeros(n, dtype=bool))
+
+
 def _batches(source: Dump, runs: list[tuple[int, int]], batch: int) -> Iterator[tuple[int, int, bytes]]:
     for s, e in runs:
         for pfn in range(s, e, batch):
@@ -817,6 +846,9 @@ def _encoded(
     which pays off only for the slow codecs (:data:`PARALLEL_CODECS`).
     """
     ps = source.page_size
+    if codec_name is None and not share_zero:
+        yield from _raw_pages(source, runs)  # type: ignore[misc]
+        return
     spec = source.reopen_spec() if workers > 1 else None
     if workers <= 1 or (spec is None and codec_name not in PARALLEL_CODECS):
         for pfn, n, data in _batches(source, runs, BATCH_PAGES):
@@ -991,7 +1023,10 @@ def write_kdump_piece(
             descs["size"][zero] = ps
             descs["flags"][zero] = 0
         zero_pages += int(zero.sum())
-        if blob:
+        if isinstance(blob, Extent):
+            if not sink.copy_from(blob.fd, blob.offset, cur, blob.length):
+                sink.pwrite(cur, source._read_dumped(_pfn, n))
+        elif blob:
             sink.pwrite(cur, blob)
         sink.pwrite(layout.desc_off + idx * PAGE_DESC.size, descs.tobytes())
         cur += len(blob)

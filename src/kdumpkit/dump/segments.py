@@ -118,5 +118,12 @@ class SegmentDump(Dump):
                 out += self.src.view(off, ps)
         return bytes(out)
 
+    def file_extent(self, pfn: int, count: int) -> tuple[int, int] | None:
+        p = self._piece(pfn)
+        fd = self.src.fileno()
+        if p is None or fd is None or pfn + count > p.end or p.file_off < 0:
+            return None
+        return fd, p.file_off + (pfn - p.start) * self.page_size
+
     def close(self) -> None:
         self.src.close()

@@ -24,6 +24,14 @@ class Sink(ABC):
     @abstractmethod
     def pwrite(self, offset: int, data: Buffer) -> None: ...
 
+    def copy_from(self, fd: int, src_offset: int, offset: int, length: int) -> bool:
+        """Copy ``length`` bytes of file ``fd`` to ``offset`` in the kernel, if this sink can.
+
+        False means "not done, write the bytes yourself" (the default, and any
+        failure short of a full disk); a partial copy is simply overwritten.
+        """
+        return False
+
     def close(self) -> None:
         """Finish the output (flush, end marker …)."""
 
@@ -61,6 +69,24 @@ class FileSink(Sink):
         self.path = path
         self.fd = fd if fd is not None else open_dump_output(path, overwrite=overwrite)
         self._closed = False
+        self._can_copy = hasattr(os, "copy_file_range")
+
+    def copy_from(self, fd: int, src_offset: int, offset: int, length: int) -> bool:
+        while length > 0 and self._can_copy:
+            try:
+                n = os.copy_file_range(fd, self.fd, length, src_offset, offset)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise NoSpaceError(f"{self.path} at offset {offset}") from None
+                if e.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
+                    self._can_copy = False  # this pair of files cannot: stop asking
+                return False  # EIO and friends: the caller's read path records them
+            if n <= 0:
+                return False
+            src_offset += n
+            offset += n
+            length -= n
+        return length <= 0
 
     def pwrite(self, offset: int, data: Buffer) -> None:
         view = memoryview(data)
