@@ -338,9 +338,11 @@ def test_nfs_mounts_and_unmounts(tmp_path: Path) -> None:
     from kdumpkit.capture.targets import NfsDestination
 
     calls: list[list[str]] = []
-    dest = NfsDestination(Target("nfs", server="filer:/export", path="crash"), runner=calls.append)
+    dest = NfsDestination(Target("nfs", server="filer:/export", path="crash"), runner=calls.append,
+                          resolve=lambda host: "192.0.2.7")
     dest.open("h-2024-01-01-00:00:00")
-    assert calls[0][:5] == ["mount", "-t", "nfs", "-o", "nolock"] and calls[0][5] == "filer:/export"
+    assert calls[0][:4] == ["mount", "-t", "nfs4", "-o"] and calls[0][5] == "filer:/export"
+    assert calls[0][4] == "vers=4,soft,timeo=100,retrans=3,nolock,addr=192.0.2.7"
     mnt = calls[0][6]
     assert os.path.isdir(os.path.join(mnt, "crash", "h-2024-01-01-00:00:00"))
     dest.write_small("dmesg.txt", LOG)

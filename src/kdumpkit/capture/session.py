@@ -115,6 +115,8 @@ def capture(cfg: Config, source: Dump, *, action: Action, log: Log | None = None
         outcomes.append(outcome)
         if outcome.status in ("complete", "incomplete"):
             break
+        if outcome.error:  # the manifest of the target that takes the dump says why earlier ones did not
+            problems.append(f"{outcome.target}: {outcome.status}: {outcome.error}")
     report = CaptureReport(crash_id, outcomes, "")
     if report.saved is None and cfg.failure_action == "dump_to_rootfs":
         say(f"no target took the dump: dump_to_rootfs ({cfg.rootfs_path})")

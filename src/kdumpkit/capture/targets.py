@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import ipaddress
 import os
 import shlex
+import socket
 import stat
 import subprocess
 import tempfile
@@ -152,19 +154,69 @@ class LocalDestination(Destination):
 
 
 # -- NFS ----------------------------------------------------------------------------------
+#: Added to the mount options unless the configuration sets them: a dead server
+#: fails the target (soft, ~40 s) instead of hanging the capture kernel, and no
+#: lock daemon is needed (kdump-tools mounts ``soft,tcp,nolock`` too).
+NFS_DEFAULTS = (("soft", ("soft", "hard")), ("timeo=100", ("timeo",)), ("retrans=3", ("retrans",)),
+                ("nolock", ("lock", "nolock")))
+MOUNT_TIMEOUT = 120
+
+
+def split_server(server: str) -> tuple[str, str]:
+    """``host:/export`` (host may be ``[v6]``) → (host without brackets, ``/export``)."""
+    host, export = server.split(":/", 1)
+    return host.strip("[]"), "/" + export
+
+
+def resolve_ipv4(host: str) -> str:
+    """The IPv4 address of ``host`` (an address is returned as is)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        raise OutputError(f"nfs: cannot resolve {host}: {e.strerror or e}") from None
+    return str(infos[0][4][0])
+
+
+def nfs_mount_argv(target: Target, mnt: str, resolve: Callable[[str], str] = resolve_ipv4) -> list[str]:
+    """The ``mount`` command for ``target``, complete enough for busybox.
+
+    busybox ``mount`` hands the options to the kernel as they are: unlike
+    ``mount.nfs`` it neither resolves the server (the kernel wants ``addr=``)
+    nor negotiates the version, so both are added here (``vers=`` from the
+    target's ``version`` unless the options carry one); ``nfs4`` for v4.
+    """
+    host, export = split_server(target.server)
+    opts = [o.strip() for o in target.mount_options.split(",") if o.strip()]
+    keys = {o.split("=", 1)[0] for o in opts}
+    if not keys & {"vers", "nfsvers"}:
+        opts.insert(0, f"vers={target.nfs_vers}")
+    for option, names in NFS_DEFAULTS:
+        if not keys & set(names):
+            opts.append(option)
+    if "addr" not in keys:
+        opts.append(f"addr={resolve(host)}")
+    fstype = "nfs4" if target.nfs_vers.startswith("4") else "nfs"
+    return ["mount", "-t", fstype, "-o", ",".join(opts), f"{host}:{export}", mnt]
+
+
 class NfsDestination(LocalDestination):
-    """``mount -t nfs server:/export`` on a private mount point, then a local directory there."""
+    """``mount -t nfs4 server:/export`` on a private mount point, then a local directory there."""
 
     def __init__(self, target: Target, log: Log | None = None, *, fmt: str = "kdump",
-                 runner: Callable[[list[str]], None] | None = None) -> None:
+                 runner: Callable[[list[str]], None] | None = None,
+                 resolve: Callable[[str], str] = resolve_ipv4) -> None:
         super().__init__(target, log, fmt=fmt, base="/nonexistent")
         self.mnt = ""
         self.run = runner or _run_checked
+        self.resolve = resolve
 
     def open(self, crash_id: str) -> None:
         self.mnt = tempfile.mkdtemp(prefix="kdumpkit-nfs-")
-        opts = self.target.mount_options or "nolock"
-        self.run(["mount", "-t", "nfs", "-o", opts, self.target.server, self.mnt])
+        self.run(nfs_mount_argv(self.target, self.mnt, self.resolve))
         self.base = os.path.join(self.mnt, self.target.path.lstrip("/"))
         super().open(crash_id)
         self.location = f"{self.target.server}:{os.path.relpath(self.dir, self.mnt)}"
@@ -179,13 +231,29 @@ class NfsDestination(LocalDestination):
             self.mnt = ""
 
 
-def _run_checked(cmd: list[str]) -> None:
+def _run_checked(cmd: list[str], timeout: float = MOUNT_TIMEOUT) -> None:
+    """Run ``cmd``; a failure or a timeout is an OutputError, and no wait is unbounded.
+
+    ``subprocess.run`` waits for a killed child without limit, and a process
+    stuck in an NFS mount may take long to die: after the kill it gets 5 s,
+    then it is left behind (the capture moves on to the next target).
+    """
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise OutputError(f"{cmd[0]}: {e}") from None
-    if p.returncode:
-        raise OutputError(f"{' '.join(cmd)}: {(p.stderr or p.stdout).strip() or f'exit {p.returncode}'}")
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    except OSError as e:
+        raise OutputError(f"{cmd[0]}: {e.strerror}") from None
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        raise OutputError(f"{' '.join(cmd)}: no answer within {timeout:.0f} s") from None
+    if proc.returncode:
+        raise OutputError(f"{' '.join(cmd)}: {(err or out).strip() or f'exit {proc.returncode}'}")
 
 
 # -- sequential streams (raw device, ssh) -------------------------------------------------

@@ -37,7 +37,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                      mounts=[Mount.parse(m) for m in args.mount], compression=args.compress)
     info = {"path": str(out), "compression": r.compression, "compressed": r.compressed, "unpacked": r.unpacked,
             "files": r.files, "modules": r.modules, "runtime_unpacked": r.runtime.unpacked,
-            "python": r.runtime.python}
+            "python": r.runtime.python, "notes": r.notes}
     if args.json:
         print_json(info)
     else:
@@ -47,4 +47,6 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"python runtime: {r.runtime.unpacked / mib:.1f} MiB ({len(r.runtime.modules)} modules) from "
               f"{r.runtime.python}")
         print(f"modules: {' '.join(r.modules) or '(none)'}")
+        for note in r.notes:
+            print(f"note: {note}")
     return 0

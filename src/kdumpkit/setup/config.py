@@ -19,10 +19,26 @@ Example::
     destination = "kdump@backup.example.org"
     path = "/var/crash"
     key = "/root/.ssh/kdump_id_ed25519"
+    # known_hosts = "/root/.ssh/known_hosts"   # default: this host's entries for the target
+
+    [[target]]
+    type = "nfs"
+    server = "10.0.0.5:/export/crash"   # an IP, or a name resolved in the capture kernel
+    version = "4"                       # 4 | 4.0 | 4.1 | 4.2 | 3 (3 needs rpcbind + mountd)
+    mount_options = "port=2049"         # added unless given: vers, addr, soft, timeo=100, retrans=3, nolock
 
     [[target]]
     type = "local"
     path = "/var/crash"
+
+    [network]                   # only used when a target is ssh or nfs
+    interface = "auto"          # auto | eth0 | 52:54:00:12:34:56 (auto: the building host's NIC by MAC, else
+                                # the first Ethernet interface that appears)
+    address = "dhcp"            # dhcp (busybox udhcpc) | 10.0.2.15/24
+    # gateway = "10.0.2.2"      # with a static address only
+    # dns = ["10.0.2.3"]        # with a static address only (DHCP brings its own)
+    wait_seconds = 30           # link + address, bounded: no network is a failed target, never a hang
+    drivers = ["virtio_net"]    # NIC modules besides the building host's default-route driver
 
     [keep]
     count = 5
@@ -32,6 +48,7 @@ Example::
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -44,10 +61,16 @@ FORMATS = ("kdump", "elf")
 FINAL_ACTIONS = ("reboot", "halt", "poweroff", "shell")
 FAILURE_ACTIONS = (*FINAL_ACTIONS, "dump_to_rootfs")
 TARGET_TYPES = ("local", "raw", "ssh", "nfs")
+NETWORK_TARGETS = ("ssh", "nfs")
+NFS_VERSIONS = ("3", "4", "4.0", "4.1", "4.2")
 DEFAULT_PATH = "/var/crash"
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _DEST_RE = re.compile(r"^(?:([A-Za-z0-9._-]+)@)?([A-Za-z0-9._:\[\]-]+)$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_VERS_RE = re.compile(r"(?:^|,)(?:nfs)?vers=([0-9.]+)(?:,|$)")
 
 
 @dataclass(frozen=True)
@@ -64,8 +87,16 @@ class Target:
     connect_timeout: int = 10  # ssh, seconds
     ssh_options: tuple[str, ...] = ()
     remote_command: str = "kdumpkit receive"  # ssh: what the key is restricted to
+    known_hosts: str = ""  # ssh: file with the server's host key (default: this host's entries for it)
     server: str = ""  # nfs "host:/export"
     mount_options: str = ""  # nfs
+    nfs_version: str = "4"  # nfs: "3", "4", "4.x" (vers= in mount_options wins)
+
+    @property
+    def nfs_vers(self) -> str:
+        """The NFS version the mount uses: ``vers=``/``nfsvers=`` in mount_options, else ``version``."""
+        m = _VERS_RE.search(self.mount_options)
+        return m.group(1) if m else self.nfs_version
 
     def describe(self) -> str:
         """A one-line name without secrets (keys are files, never printed contents)."""
@@ -93,6 +124,27 @@ class Keep:
 
 
 @dataclass(frozen=True)
+class Network:
+    """How the capture kernel reaches ssh/nfs targets (``[network]``; ignored without one).
+
+    Small on purpose, like kdump-tools' and dracut's ``ip=``: one interface,
+    DHCP or one static IPv4 address.  Every wait in the capture kernel is
+    bounded by ``wait_seconds``.
+    """
+
+    interface: str = "auto"
+    address: str = "dhcp"
+    gateway: str = ""
+    dns: tuple[str, ...] = ()
+    wait_seconds: int = 30
+    drivers: tuple[str, ...] = ()
+
+    @property
+    def dhcp(self) -> bool:
+        return self.address == "dhcp"
+
+
+@dataclass(frozen=True)
 class Config:
     targets: tuple[Target, ...] = (Target("local"),)
     dump_levels: tuple[int, ...] = (31,)
@@ -105,7 +157,13 @@ class Config:
     dmesg: bool = True
     selfcheck: bool = True
     keep: Keep = field(default_factory=Keep)
+    network: Network = field(default_factory=Network)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_network(self) -> bool:
+        """An ssh or nfs target: the capture initramfs must bring a NIC up."""
+        return any(t.type in NETWORK_TARGETS for t in self.targets)
 
     @property
     def codec_or_none(self) -> str | None:
@@ -206,7 +264,11 @@ def parse_target(raw: object, index: int) -> Target:
         if ":/" not in server:
             raise ConfigError(f"{where}.server: expected host:/export, not {server!r}")
         opts = _take(t, "mount_options", str, where, "")
-        target = Target("nfs", path=path, server=server, mount_options=opts)
+        version = _take(t, "version", (str, int, float), where, "4")
+        version = _choice(str(version), NFS_VERSIONS, f"{where}.version")
+        target = Target("nfs", path=path, server=server, mount_options=opts, nfs_version=version)
+        if target.nfs_vers.split(".")[0] not in ("3", "4"):
+            raise ConfigError(f"{where}.mount_options: NFS version {target.nfs_vers} is not supported (3 or 4)")
     _no_leftovers(t, where)
     return target
 
@@ -238,12 +300,15 @@ def _ssh_target(t: dict[str, Any], where: str, path: str) -> Target:
     if not all(isinstance(o, str) for o in options):
         raise ConfigError(f"{where}.ssh_options: expected a list of strings")
     remote = _take(t, "remote_command", str, where, "kdumpkit receive")
+    known_hosts = _take(t, "known_hosts", str, where, "")
+    if known_hosts and not known_hosts.startswith("/"):
+        raise ConfigError(f"{where}.known_hosts: {known_hosts!r} must be an absolute path")
     for secret in ("password", "passphrase"):
         if secret in t:
             raise ConfigError(f"{where}.{secret}: passwords are not supported; use a key restricted to "
                               f"'kdumpkit receive' in authorized_keys")
     return Target("ssh", path=path, user=user, host=host, port=port, key=key, connect_timeout=timeout,
-                  ssh_options=tuple(options), remote_command=remote)
+                  ssh_options=tuple(options), remote_command=remote, known_hosts=known_hosts)
 
 
 def parse_keep(raw: object) -> Keep:
@@ -257,6 +322,53 @@ def parse_keep(raw: object) -> Keep:
         raise ConfigError("keep: count and age_days must not be negative")
     _no_leftovers(t, "keep")
     return Keep(count=count, age_days=float(age), size=size)
+
+
+def parse_network(raw: object) -> Network:
+    """``[network]``: one-line errors for every field."""
+    if not isinstance(raw, dict):
+        raise ConfigError("network: expected a table")
+    t = dict(raw)
+    where = "network"
+    iface = _take(t, "interface", str, where, "auto")
+    if iface != "auto" and not (_IFNAME_RE.match(iface) or _MAC_RE.match(iface)):
+        raise ConfigError(f"network.interface: {iface!r} is not auto, an interface name or a MAC address")
+    address = _take(t, "address", str, where, "dhcp")
+    if address != "dhcp":
+        _ipv4(address, "network.address", interface=True)
+    gateway = _take(t, "gateway", str, where, "")
+    dns_raw = _take(t, "dns", (str, list), where, [])
+    dns = [dns_raw] if isinstance(dns_raw, str) else dns_raw
+    if address == "dhcp" and (gateway or dns):
+        raise ConfigError("network: gateway and dns go with a static address (DHCP brings its own)")
+    if gateway:
+        _ipv4(gateway, "network.gateway")
+    for d in dns:
+        if not isinstance(d, str):
+            raise ConfigError(f"network.dns: expected addresses, not {d!r}")
+        _ipv4(d, "network.dns")
+    wait = _take(t, "wait_seconds", int, where, 30)
+    if not 1 <= wait <= 600:
+        raise ConfigError(f"network.wait_seconds: {wait} is outside 1-600")
+    drivers = _take(t, "drivers", list, where, [])
+    if not all(isinstance(d, str) and _MODULE_RE.match(d) for d in drivers):
+        raise ConfigError("network.drivers: expected a list of kernel module names")
+    _no_leftovers(t, where)
+    return Network(interface=iface, address=address, gateway=gateway, dns=tuple(dns), wait_seconds=wait,
+                   drivers=tuple(drivers))
+
+
+def _ipv4(value: str, where: str, *, interface: bool = False) -> None:
+    """An IPv4 address (``interface``: with its /prefix), else a one-line ConfigError."""
+    try:
+        ip = ipaddress.ip_interface(value) if interface else ipaddress.ip_address(value)
+    except ValueError:
+        want = "an IPv4 address with its prefix, such as 10.0.2.15/24, or dhcp" if interface else "an IPv4 address"
+        raise ConfigError(f"{where}: {value!r} is not {want}") from None
+    if ip.version != 4:
+        raise ConfigError(f"{where}: {value!r}: only IPv4 is supported in the capture kernel")
+    if interface and "/" not in value:
+        raise ConfigError(f"{where}: {value!r} needs a prefix length, such as /24")
 
 
 def parse_config(data: dict[str, Any]) -> Config:
@@ -279,11 +391,12 @@ def parse_config(data: dict[str, Any]) -> Config:
         raise ConfigError("target: expected one or more [[target]] tables")
     targets = tuple(parse_target(t, i) for i, t in enumerate(raw_targets))
     keep = parse_keep(d.pop("keep")) if "keep" in d else Keep()
+    network = parse_network(d.pop("network")) if "network" in d else Network()
     extra = _take(d, "extra", dict, where, {})
     _no_leftovers(d, where)
     return Config(targets=targets, dump_levels=levels, codec=codec, format=fmt, final_action=final,
                   failure_action=failure, rootfs_path=rootfs, num_threads=threads, dmesg=dmesg,
-                  selfcheck=selfcheck, keep=keep, extra=extra)
+                  selfcheck=selfcheck, keep=keep, network=network, extra=extra)
 
 
 def loads_config(text: str, name: str = "<config>") -> Config:

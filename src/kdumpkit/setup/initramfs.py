@@ -10,6 +10,11 @@ after a crash), and ``/init``.  The /init decides the final action itself
 half-way still ends in the configured failure action instead of a kernel
 panic for a dead PID 1.
 
+With an ssh or nfs target the image also gets networking
+(:mod:`kdumpkit.setup.network`): NIC and NFS modules, ``udhcpc`` or a static
+address, and for ssh the client, its key and the server's host key; /init
+brings the network up (phase ``network``) before the capture.
+
 Console lines ``kdumpkit-init: phase=...`` / ``kdumpkit-init: fail reason=...``
 say how far it got (the lab reads them like its own markers).
 """
@@ -28,6 +33,7 @@ from kdumpkit.errors import ConfigError, KdumpkitError
 from kdumpkit.lab import cpio
 from kdumpkit.lab.modules import builtin_modules, dependencies, load_order, module_index
 from kdumpkit.setup.config import Config, load_config, loads_config
+from kdumpkit.setup.network import INIT_NETWORK, HostNic, add_network_files, default_route_nic, network_modules
 from kdumpkit.setup.runtime import Runtime, add_runtime
 
 BUSYBOX = "/bin/busybox"
@@ -41,6 +47,8 @@ OPTIONAL_MODULES = frozenset({"virtio_pci_legacy_dev", "virtio_pci_modern_dev", 
 #: Filesystem drivers for ``local`` targets on a mounted device.
 FS_MODULES = {"ext4": ("ext4",), "xfs": ("xfs",), "vfat": ("vfat",)}
 COMPRESSIONS = ("gzip", "xz", "none")
+#: ``host_nic`` default of :func:`capture_tree`: look at this host's default route.
+DETECT = "detect"
 
 DEFAULT_CONFIG_TEXT = """\
 # kdumpkit capture configuration (written by kdumpkit initramfs build: no --config given)
@@ -56,7 +64,8 @@ path = "/var/crash"
 
 INIT = r'''#!/bin/sh
 # kdumpkit capture initramfs /init (busybox sh): mount, load modules, wait for
-# the dump devices, mount local targets, run kdumpkit capture, final action.
+# the dump devices, mount local targets, bring the network up (ssh/nfs
+# targets), run kdumpkit capture, final action.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -76,7 +85,7 @@ act() {
     sleep 5; echo b >/proc/sysrq-trigger
 }
 fail() { echo "kdumpkit-init: fail reason=$*"; act "$(cat /etc/kdumpkit/failure_action)"; }
-[ -e /proc/vmcore ] || { say "no /proc/vmcore: not a capture kernel"; act "$(cat /etc/kdumpkit/final_action)"; }
+@NETWORK@[ -e /proc/vmcore ] || { say "no /proc/vmcore: not a capture kernel"; act "$(cat /etc/kdumpkit/final_action)"; }
 for m in $(cat /etc/kdumpkit/modules); do
     insmod "/lib/modules/kdumpkit/$m.ko" || say "warn insmod-failed=$m"
 done
@@ -92,6 +101,8 @@ while read -r dev dir fstype; do
     mkdir -p "$dir"
     mount -t "$fstype" "$dev" "$dir" || say "warn mount-failed=$dev"
 done </etc/kdumpkit/mounts
+# Not fatal: without a network the capture's fallback chain moves on to local/raw targets.
+[ -e /etc/kdumpkit/network ] && { network || say "warn network-down: ssh/nfs targets will fail"; }
 say "phase=capture-start release=$(uname -r) vmcore-size=$(stat -c %s /proc/vmcore)"
 KDUMPKIT_NO_ACTION=1 /bin/kdumpkit capture --config /etc/kdumpkit/kdumpkit.toml
 rc=$?
@@ -101,7 +112,7 @@ case $rc in
     0|3) say "phase=capture-done rc=$rc"; act "$(cat /etc/kdumpkit/final_action)" ;;
     *) fail "kdumpkit capture exited $rc" ;;
 esac
-'''
+'''.replace("@NETWORK@", INIT_NETWORK.lstrip("\n"))
 
 
 @dataclass
@@ -165,14 +176,20 @@ def _index(modules_dir: Path) -> dict[str, Path]:
     return idx
 
 
-def add_modules(tree: cpio.Tree, modules_dir: Path | None, wanted: list[str]) -> list[str]:
-    """Copy ``wanted`` and their dependencies (load order in ``/etc/kdumpkit/modules``)."""
+def add_modules(tree: cpio.Tree, modules_dir: Path | None, wanted: list[str],
+                optional: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """Copy ``wanted`` and their dependencies (load order in ``/etc/kdumpkit/modules``).
+
+    Names in ``optional`` (and :data:`OPTIONAL_MODULES`) are skipped when the
+    kernel has no such module; any other missing name is an error.
+    """
     order: list[str] = []
     if modules_dir is not None:
         index = _index(modules_dir)
         if index:
             builtin = builtin_modules(modules_dir)
-            want = [m for m in wanted if m in index or m in builtin or m not in OPTIONAL_MODULES]
+            skip = OPTIONAL_MODULES | set(optional)
+            want = [m for m in wanted if m in index or m in builtin or m not in skip]
             order = load_order(want, dependencies(modules_dir, index), builtin=builtin)
             for name in order:
                 tree.file(f"lib/modules/kdumpkit/{name}.ko", _module_bytes(index[name]))
@@ -203,9 +220,18 @@ def compress(data: bytes, how: str) -> bytes:
 
 
 def capture_tree(cfg_text: str, *, modules_dir: Path | None, modules: list[str] | None = None,
-                 mounts: list[Mount] | None = None) -> tuple[cpio.Tree, list[str], Runtime]:
-    """The initramfs tree for the configuration ``cfg_text`` (validated first)."""
+                 mounts: list[Mount] | None = None, host_nic: HostNic | None | str = DETECT,
+                 notes: list[str] | None = None) -> tuple[cpio.Tree, list[str], Runtime]:
+    """The initramfs tree for the configuration ``cfg_text`` (validated first).
+
+    ``host_nic``: the NIC whose driver and MAC the image prefers (default:
+    this host's default-route interface; None: none).  ``notes`` receives
+    what the build added for networking and why.
+    """
     cfg = loads_config(cfg_text, "configuration")
+    nic = default_route_nic() if host_nic == DETECT else host_nic
+    assert nic is None or isinstance(nic, HostNic)
+    net = network_modules(cfg, nic)
     mounts = list(mounts or [])
     tree = cpio.Tree()
     for d in ("proc", "sys", "dev", "tmp", "var/crash", "root"):
@@ -216,8 +242,15 @@ def capture_tree(cfg_text: str, *, modules_dir: Path | None, modules: list[str] 
     wanted = list(DEFAULT_MODULES) + list(modules or [])
     for m in mounts:
         wanted += [x for x in FS_MODULES.get(m.fstype, ()) if x not in wanted]
-    order = add_modules(tree, modules_dir, wanted)
+    wanted += [m for m in net.modules if m not in wanted]
+    order = add_modules(tree, modules_dir, wanted, net.optional)
     runtime = add_runtime(tree, codecs=(cfg.codec,))
+    if cfg.needs_network:
+        add_network_files(tree, cfg, nic, net)
+        missing = [m for m in net.modules if m in net.optional and m not in order]
+        net.notes += [f"NIC driver {m} is not a module of this kernel: left out" for m in missing]
+    if notes is not None:
+        notes += net.notes
     tree.file(CONFIG_PATH, cfg_text.encode(), 0o600)
     devices = sorted({t.device for t in cfg.targets if t.type == "raw"} | {m.device for m in mounts})
     tree.file("etc/kdumpkit/devices", ("\n".join(devices) + "\n").encode())
@@ -231,7 +264,7 @@ def capture_tree(cfg_text: str, *, modules_dir: Path | None, modules: list[str] 
 
 def build(out: Path | None, *, config: str | None = None, config_text: str | None = None,
           modules_dir: Path | None = None, modules: list[str] | None = None, mounts: list[Mount] | None = None,
-          compression: str = "gzip") -> tuple[bytes, BuildResult]:
+          compression: str = "gzip", host_nic: HostNic | None | str = DETECT) -> tuple[bytes, BuildResult]:
     """Build the capture initramfs; write it to ``out`` (mode 0600) when given."""
     if config_text is None:
         if config is not None:
@@ -239,7 +272,9 @@ def build(out: Path | None, *, config: str | None = None, config_text: str | Non
             config_text = Path(config).read_text()
         else:
             config_text = DEFAULT_CONFIG_TEXT
-    tree, order, runtime = capture_tree(config_text, modules_dir=modules_dir, modules=modules, mounts=mounts)
+    notes: list[str] = []
+    tree, order, runtime = capture_tree(config_text, modules_dir=modules_dir, modules=modules, mounts=mounts,
+                                        host_nic=host_nic, notes=notes)
     raw = tree.archive()
     blob = compress(raw, compression)
     if out is not None:
@@ -249,7 +284,7 @@ def build(out: Path | None, *, config: str | None = None, config_text: str | Non
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
         os.replace(tmp, out)
-    return blob, BuildResult(out, len(blob), len(raw), order, runtime, compression, len(tree.names()))
+    return blob, BuildResult(out, len(blob), len(raw), order, runtime, compression, len(tree.names()), notes)
 
 
 def default_output(release: str | None = None) -> Path:
