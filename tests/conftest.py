@@ -8,7 +8,9 @@ a fresh machine boots QEMU for about a minute (TCG).
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +54,21 @@ def lab_required() -> None:
 def ref_bookworm() -> ReferenceSet:
     """The cached bookworm reference crash (built on first use)."""
     return _reference("bookworm")
+
+
+@pytest.fixture(scope="session")
+def debug_vmlinux_bookworm() -> Path:
+    """Debian's debuginfo vmlinux of the bookworm lab kernel (``linux-image-*-dbg``, 860 MB).
+
+    Used when already cached; fetched only in the full lab tier (``KDUMPKIT_LAB_FULL=1``).
+    """
+    from kdumpkit.lab.cache import lab_dir
+    from kdumpkit.lab.kernels import _safe, cached, fetch_debug_vmlinux
+
+    k = cached("bookworm")
+    if k is None:
+        pytest.skip("no cached bookworm lab kernel")
+    have = lab_dir("debug", "bookworm") / _safe(k.package_version) / f"vmlinux-{k.release}"
+    if not have.is_file() and os.environ.get("KDUMPKIT_LAB_FULL") != "1":
+        pytest.skip("the debuginfo vmlinux (860 MB download) is fetched in the full lab tier only")
+    return fetch_debug_vmlinux(k)

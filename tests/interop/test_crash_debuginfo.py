@@ -10,7 +10,6 @@ do not check).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -27,17 +26,8 @@ pytestmark = [pytest.mark.interop,
 
 
 @pytest.fixture(scope="module")
-def vmlinux() -> Path:
-    from kdumpkit.lab.cache import lab_dir
-    from kdumpkit.lab.kernels import _safe, cached, fetch_debug_vmlinux
-
-    k = cached("bookworm")
-    if k is None:
-        pytest.skip("no cached bookworm lab kernel")
-    have = lab_dir("debug", "bookworm") / _safe(k.package_version) / f"vmlinux-{k.release}"
-    if not have.is_file() and os.environ.get("KDUMPKIT_LAB_FULL") != "1":
-        pytest.skip("the debuginfo vmlinux (860 MB download) is fetched in the full lab tier only")
-    return fetch_debug_vmlinux(k)
+def vmlinux(debug_vmlinux_bookworm: Path) -> Path:
+    return debug_vmlinux_bookworm
 
 
 def _crash_bt(vmlinux: Path, dump: Path, tmp: Path) -> list[str]:

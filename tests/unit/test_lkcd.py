@@ -127,3 +127,27 @@ def test_corrupt_and_truncated() -> None:
     bad[65536 + 12] = 0x40  # unknown flags on the first record
     with pytest.raises(CorruptDumpError):
         LkcdDump(BytesSource(bytes(bad)))
+
+
+def test_x86_64_arch_header_is_crashs_layout_and_carries_every_cpu() -> None:
+    """crash (lkcd_v8.c) derives the CPU count from dha_header_size: 16 + pt_regs + 8 + n × 192 bytes."""
+    from kdumpkit.dump.elfnotes import x86_64_prstatus
+    from kdumpkit.dump.lkcd import DUMP_ASM_MAGIC, HEADER_V8
+
+    cpus = [x86_64_prstatus({"rip": 0xFFFFFFFF81000000 + i, "rsp": 0xFFFFC90000000000 + 8 * i}, pid=i + 1)
+            for i in range(3)]
+    src = synthetic_dump(ram=[(0, 16)], ncpus=0, extra_notes=cpus)
+    sink = MemorySink()
+    write_lkcd(src, sink)
+    data = bytes(sink.buf)
+    magic, _version, size = struct.unpack_from("<QII", data, HEADER_V8.size)
+    assert magic == DUMP_ASM_MAGIC and size == 16 + 168 + 8 + 3 * 192
+    ncpus, dumping = struct.unpack_from("<Ii", data, HEADER_V8.size + 16 + 168)
+    assert (ncpus, dumping) == (3, 0)
+    d = LkcdDump(BytesSource(data))
+    notes = d.prstatus_notes()
+    assert len(notes) == 3
+    for i, n in enumerate(notes):
+        rip = struct.unpack_from("<Q", n.desc, 112 + 16 * 8)[0]
+        assert rip == 0xFFFFFFFF81000000 + i
+    assert d.asm_regs["rip"] == 0xFFFFFFFF81000000

@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     elif out != "-":
         print(f"{out}: {stats.format}, {stats.pages_written} pages written, {stats.excluded_pages} excluded, "
               f"{stats.bytes_written} bytes", file=sys.stderr)
+        if stats.extra.get("crash_options"):
+            print(f"kdumpkit: LKCD carries no VMCOREINFO; open it with: crash {stats.extra['crash_options']} "
+                  f"VMLINUX {out}", file=sys.stderr)
     if incomplete:
         print("kdumpkit: warning: the input is incomplete; the output is flagged incomplete", file=sys.stderr)
         return EXIT_INCOMPLETE

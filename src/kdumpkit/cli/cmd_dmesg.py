@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any
 
+from kdumpkit.cli.dumpargs import add_vmcoreinfo_arg, open_for_analysis
 from kdumpkit.errors import OutputError
 
 
@@ -21,15 +22,15 @@ def register(sub: Any) -> None:
     p.add_argument("--format", dest="log_format", choices=("makedumpfile", "plain", "json"), default="makedumpfile",
                    help="output format (default: makedumpfile --dump-dmesg compatible)")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    add_vmcoreinfo_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdumpkit.dump import open_dump
     from kdumpkit.kernel.memory import kernel_memory
     from kdumpkit.kernel.printk import format_json, format_makedumpfile, format_plain, get_printk_log
 
-    with open_dump(args.dump if len(args.dump) > 1 else args.dump[0]) as dump:
+    with open_for_analysis(args.dump, args) as dump:
         log = get_printk_log(kernel_memory(dump))
         if args.log_format == "makedumpfile":
             data = format_makedumpfile(log, dump.arch)

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from kdumpkit.analyze.info import dump_info
+from kdumpkit.cli.dumpargs import add_vmcoreinfo_arg
 from kdumpkit.cli.progress import print_json
 from kdumpkit.dump import open_dump
 
@@ -15,8 +16,7 @@ def register(sub: Any) -> None:
     p.add_argument("dump", nargs="+", help="dump file (several for a --split set)")
     p.add_argument("--format", dest="input_format", help="force the input format")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--vmcoreinfo", metavar="FILE", help="VMCOREINFO text to use (or 'scan' / 'none'); default: "
-                   "the dump's own, else a bounded search of its memory")
+    add_vmcoreinfo_arg(p)
     p.set_defaults(func=run)
 
 

@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Any
 
+from kdumpkit.cli.dumpargs import add_vmcoreinfo_arg
 from kdumpkit.errors import UsageError
 
 
@@ -20,6 +21,7 @@ def register(sub: Any) -> None:
     p.add_argument("--system-map", metavar="FILE", help="use this System.map (relocated by KERNELOFFSET)")
     p.add_argument("--kallsyms", metavar="FILE", help="use this /proc/kallsyms snapshot")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_vmcoreinfo_arg(p)
     p.set_defaults(func=run)
 
 
@@ -33,14 +35,14 @@ def _split_query(items: list[str]) -> tuple[list[str], str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kdumpkit.cli.dumpargs import open_for_analysis
     from kdumpkit.cli.progress import print_json
-    from kdumpkit.dump import open_dump
     from kdumpkit.kernel.memory import kernel_memory
     from kdumpkit.kernel.symbols import Symbol, load_symbol_table
     from kdumpkit.kernel.vmcoreinfo import VmcoreInfo
 
     paths, query = _split_query(list(args.dump))
-    with open_dump(paths if len(paths) > 1 else paths[0]) as dump:
+    with open_for_analysis(paths, args) as dump:
         info = VmcoreInfo.from_dump(dump)
         table = load_symbol_table(kernel_memory(dump, info), info, system_map=args.system_map,
                                   kallsyms=args.kallsyms)

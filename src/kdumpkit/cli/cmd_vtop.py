@@ -10,6 +10,7 @@ import argparse
 import json
 from typing import Any
 
+from kdumpkit.cli.dumpargs import add_vmcoreinfo_arg
 from kdumpkit.errors import UsageError
 
 
@@ -18,6 +19,7 @@ def register(sub: Any) -> None:
     p.add_argument("dump", help="dump file")
     p.add_argument("addr", help="virtual address (hex) or VMCOREINFO symbol name")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_vmcoreinfo_arg(p)
     p.set_defaults(func=run)
 
 
@@ -26,11 +28,11 @@ def _size(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdumpkit.dump import open_dump
+    from kdumpkit.cli.dumpargs import open_for_analysis
     from kdumpkit.kernel.memory import kernel_memory
     from kdumpkit.kernel.vmcoreinfo import VmcoreInfo
 
-    with open_dump(args.dump) as dump:
+    with open_for_analysis(args.dump, args) as dump:
         info = VmcoreInfo.from_dump(dump)
         try:
             va = int(args.addr, 16)

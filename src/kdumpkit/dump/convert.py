@@ -59,7 +59,7 @@ def write_to_sink(source: Dump, sink: Sink, fmt: str, *, path: str = "", codec: 
     if fmt == "lkcd":
         from kdumpkit.dump.lkcd import write_lkcd
 
-        return write_lkcd(source, sink, exclude_zero=exclude_zero, progress=progress)
+        return write_lkcd(source, sink, exclude_zero=exclude_zero, utsname=header_utsname(source), progress=progress)
     raise UsageError(f"cannot write format {fmt!r} (writable: {', '.join(WRITE_FORMATS)})")
 
 

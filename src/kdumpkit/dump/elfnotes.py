@@ -6,7 +6,9 @@ parser serves ELF32, ELF64 and the note copy inside kdump-compressed files.
 
 from __future__ import annotations
 
-from kdumpkit.dump.base import Buffer, Note
+import struct
+
+from kdumpkit.dump.base import NT_PRSTATUS, Buffer, Note
 from kdumpkit.errors import CorruptDumpError
 from kdumpkit.structs import Struct
 
@@ -54,3 +56,25 @@ def build_notes(notes: list[Note], byteorder: str = "little") -> bytes:
         out += name + bytes(_align4(len(name)) - len(name))
         out += n.desc + bytes(_align4(len(n.desc)) - len(n.desc))
     return bytes(out)
+
+
+# -- x86_64 NT_PRSTATUS ------------------------------------------------------------
+#: ``struct user_regs_struct`` order (``pr_reg``); its first 21 are ``struct pt_regs``.
+X86_64_USER_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi",
+                    "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs",
+                    "gs")
+ELF_PRSTATUS_SIZE_X86_64 = 336  # sizeof(struct elf_prstatus)
+PRSTATUS_PID_OFFSET = 32  # pr_pid
+PRSTATUS_REG_OFFSET_X86_64 = 112  # pr_reg
+
+
+def x86_64_prstatus(regs: dict[str, int], pid: int = 0) -> Note:
+    """An x86_64 NT_PRSTATUS note for formats that keep CPU registers elsewhere (VMware, LKCD).
+
+    Registers not in ``regs`` are 0; the analysis reads only ``pr_pid`` and ``pr_reg``.
+    """
+    desc = bytearray(ELF_PRSTATUS_SIZE_X86_64)
+    struct.pack_into("<i", desc, PRSTATUS_PID_OFFSET, pid)
+    struct.pack_into(f"<{len(X86_64_USER_REGS)}Q", desc, PRSTATUS_REG_OFFSET_X86_64,
+                     *(regs.get(n, 0) & 0xFFFFFFFFFFFFFFFF for n in X86_64_USER_REGS))
+    return Note("CORE", NT_PRSTATUS, bytes(desc))

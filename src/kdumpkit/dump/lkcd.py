@@ -21,12 +21,14 @@ without the END record was cut short and is flagged incomplete.
 
 from __future__ import annotations
 
+import struct
 import time
 import zlib
 
 import numpy as np
 
 from kdumpkit.dump.base import NT_PRSTATUS, Buffer, Dump, DumpInfo, Note, PageState
+from kdumpkit.dump.elfnotes import PRSTATUS_REG_OFFSET_X86_64, X86_64_USER_REGS, x86_64_prstatus
 from kdumpkit.dump.fileio import ByteSource
 from kdumpkit.dump.sink import Sink
 from kdumpkit.dump.writer import Progress, WriteStats
@@ -37,6 +39,7 @@ DUMP_MAGIC = 0xA8190173618F23ED
 DUMP_MAGIC_LIVE = 0xA8190173618F23CD
 DUMP_ASM_MAGIC = 0xDEADDEAD
 DUMP_ASM_VERSION = 5
+DUMP_ASM_VERSION_X86_64 = 2  # crash's lkcd_dump_v8.h for x86_64
 OFFSET_TO_FIRST_PAGE = 65536  # LKCD_OFFSET_TO_FIRST_PAGE (≤ v8)
 DUMP_RAW, DUMP_COMPRESSED, DUMP_END = 0x1, 0x2, 0x4
 COMPRESS_NONE, COMPRESS_RLE, COMPRESS_GZIP = 0, 1, 2
@@ -56,9 +59,9 @@ PAGE_REC = Struct("dump_page", [("address", "Q"), ("size", "I"), ("flags", "I")]
 # The generic start of dump_header_asm; the registers after it are arch-specific
 # (x86_64: struct pt_regs, 21 u64, r15 … ss).
 ASM_HEADER = Struct("dump_header_asm", [("magic", "Q"), ("version", "I"), ("header_size", "I")])
-PT_REGS_X86_64 = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx",
-                  "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss")
-PRSTATUS_REG_OFFSET_X86_64 = 112  # pr_reg in struct elf_prstatus (x86_64)
+PT_REGS_X86_64 = X86_64_USER_REGS[:21]  # struct pt_regs: the start of user_regs_struct
+PT_REGS_SIZE = 8 * len(PT_REGS_X86_64)
+CPU_INFO_SIZE = PT_REGS_SIZE + 24  # dump_CPU_info_t: pt_regs, current task, stack, stack pointer
 
 
 def rle_decode(data: bytes, limit: int) -> bytes:
@@ -155,17 +158,30 @@ class LkcdDump(Dump):
         self._scan(bo)
 
     def _read_asm_header(self, off: int, bo: str) -> dict[str, int]:
-        """Registers from the arch header, when it is there and x86_64-shaped (else empty)."""
+        """Registers from the arch header, when it is there and x86_64-shaped (else empty).
+
+        Also fills ``cpu_regs``: each CPU's registers when the header has
+        crash's full x86_64 layout (``x86_64_asm_header``), whose CPU count
+        crash derives from the header size.
+        """
+        self.cpu_regs: list[dict[str, int]] = []
         a = ASM_HEADER.with_byteorder(bo)
         if off + a.size > min(self.src.size, self.data_offset):
             return {}
         asm = a.unpack(self.src.read(off, a.size))
-        nregs = len(PT_REGS_X86_64)
-        if asm.magic != DUMP_ASM_MAGIC or self.arch != "x86_64" or asm.header_size < a.size + nregs * 8 \
-                or off + a.size + nregs * 8 > self.src.size:
+        if asm.magic != DUMP_ASM_MAGIC or self.arch != "x86_64" or asm.header_size < a.size + PT_REGS_SIZE \
+                or off + min(asm.header_size, self.data_offset) > self.src.size:
             return {}
-        vals = np.frombuffer(self.src.read(off + a.size, nregs * 8), dtype=f"{bo}u8")
-        return dict(zip(PT_REGS_X86_64, (int(v) for v in vals), strict=True))
+
+        def regs(at: int) -> dict[str, int]:
+            vals = np.frombuffer(self.src.read(at, PT_REGS_SIZE), dtype=f"{bo}u8")
+            return dict(zip(PT_REGS_X86_64, (int(v) for v in vals), strict=True))
+
+        per_cpu = a.size + PT_REGS_SIZE + 8
+        ncpus = (asm.header_size - per_cpu) // CPU_INFO_SIZE if asm.header_size >= per_cpu else 0
+        if 0 < ncpus <= 8192 and off + asm.header_size <= self.data_offset:
+            self.cpu_regs = [regs(off + per_cpu + i * PT_REGS_SIZE) for i in range(ncpus)]
+        return regs(off + a.size)
 
     def _scan(self, bo: str) -> None:
         """One pass over the page records: the index, and whether the END record is there."""
@@ -262,7 +278,8 @@ class LkcdDump(Dump):
         return bytes(out)
 
     def notes(self) -> list[Note]:
-        return []
+        """LKCD has no notes; the arch header's per-CPU registers become NT_PRSTATUS (pid unknown: 0)."""
+        return [x86_64_prstatus(r) for r in self.cpu_regs]
 
     def utsname(self) -> dict[str, str]:
         return dict(self.uts)
@@ -289,13 +306,27 @@ class LkcdDump(Dump):
         self.src.close()
 
 
-def _prstatus_regs(source: Dump) -> bytes:
-    """The first CPU's pt_regs from its NT_PRSTATUS note (x86_64), or zeros."""
-    size = len(PT_REGS_X86_64) * 8
-    for n in source.notes():
-        if n.type == NT_PRSTATUS and n.name == "CORE" and len(n.desc) >= PRSTATUS_REG_OFFSET_X86_64 + size:
-            return n.desc[PRSTATUS_REG_OFFSET_X86_64:PRSTATUS_REG_OFFSET_X86_64 + size]
-    return bytes(size)
+def _prstatus_regs(source: Dump) -> list[bytes]:
+    """Each CPU's pt_regs from its NT_PRSTATUS note (x86_64), in note order; one zeroed set if none."""
+    end = PRSTATUS_REG_OFFSET_X86_64 + PT_REGS_SIZE
+    regs = [n.desc[PRSTATUS_REG_OFFSET_X86_64:end] for n in source.notes()
+            if n.type == NT_PRSTATUS and n.name == "CORE" and len(n.desc) >= end]
+    return regs or [bytes(PT_REGS_SIZE)]
+
+
+def x86_64_asm_header(regs: list[bytes], dumping_cpu: int = 0) -> bytes:
+    """crash's x86_64 ``dump_header_asm_t`` (``lkcd_dump_v8.h``), sized for ``len(regs)`` CPUs.
+
+    magic, version 2, header size, the dumping CPU's ``pt_regs``, the CPU
+    count and the dumping CPU, then per CPU arrays: ``pt_regs``, current
+    task, stack, stack pointer (the last three unknown to a kdump: 0).
+    crash derives the CPU count from the header size, so it must be exact.
+    """
+    n = len(regs)
+    tail = struct.pack(f"<Ii{n * 3}Q", n, dumping_cpu, *([0] * (n * 3)))
+    body = regs[dumping_cpu] + tail[:8] + b"".join(regs) + tail[8:]
+    return ASM_HEADER.pack(magic=DUMP_ASM_MAGIC, version=DUMP_ASM_VERSION_X86_64,
+                           header_size=ASM_HEADER.size + len(body)) + body
 
 
 def write_lkcd(source: Dump, sink: Sink, *, version: int = 8, compression: str = "gzip",
@@ -322,8 +353,12 @@ def write_lkcd(source: Dump, sink: Sink, *, version: int = 8, compression: str =
     ram = source.ram_runs()
     uts = {f: "" for f in UTS_FIELDS} | {"sysname": "Linux", "machine": source.arch} | dict(utsname or {})
     uts_raw = b"".join(uts.get(f, "").encode()[:64].ljust(65, b"\0") for f in UTS_FIELDS)
-    regs = _prstatus_regs(source) if source.arch == "x86_64" else b""
-    asm = ASM_HEADER.pack(magic=DUMP_ASM_MAGIC, version=DUMP_ASM_VERSION, header_size=ASM_HEADER.size + len(regs))
+    if source.arch == "x86_64":
+        asm = x86_64_asm_header(_prstatus_regs(source))
+    else:
+        asm = ASM_HEADER.pack(magic=DUMP_ASM_MAGIC, version=DUMP_ASM_VERSION, header_size=ASM_HEADER.size)
+    if hs.size + len(asm) > OFFSET_TO_FIRST_PAGE:
+        raise UnsupportedError(f"LKCD headers for {len(_prstatus_regs(source))} CPUs do not fit before the pages")
     zero = bytes(ps)
     off = OFFSET_TO_FIRST_PAGE
     written = zeros = done = 0
@@ -367,7 +402,31 @@ def write_lkcd(source: Dump, sink: Sink, *, version: int = 8, compression: str =
                      time_sec=int(now), time_usec=int(now % 1 * 1e6), utsname=uts_raw, dump_compress=code,
                      dump_buffer_size=OFFSET_TO_FIRST_PAGE)
     sink.pwrite(0, header)
-    sink.pwrite(hs.size, asm + regs)
+    sink.pwrite(hs.size, asm)
+    extra: dict[str, object] = {"notes_dropped": len(source.notes())}
+    hint = crash_options(source)
+    if hint:
+        extra["crash_options"] = hint
     return WriteStats("lkcd", pages_written=written, zero_pages=zeros if exclude_zero else 0,
                       excluded_pages=sum(e - s for s, e in ram) - total, bytes_written=off,
-                      compression=compression, extra={"notes_dropped": len(source.notes())})
+                      compression=compression, extra=extra)
+
+
+def crash_options(source: Dump) -> str:
+    """What crash needs to open the LKCD copy of ``source``: LKCD has no VMCOREINFO.
+
+    Without it crash knows neither the KASLR offset nor x86_64's phys_base
+    and says "cannot determine base kernel version"; both are in the
+    source's VMCOREINFO, so the converter hands them on as options
+    (``--kaslr=OFFSET -m phys_base=ADDR``).  Empty when the source has none.
+    """
+    from kdumpkit.dump.kdump import parse_vmcoreinfo_min
+
+    info = parse_vmcoreinfo_min(source.vmcoreinfo_raw())
+    opts = []
+    if info.get("KERNELOFFSET"):
+        opts.append(f"--kaslr=0x{info['KERNELOFFSET']}")
+    phys_base = info.get("NUMBER(phys_base)")
+    if phys_base and source.arch == "x86_64":
+        opts.append(f"-m phys_base={int(phys_base, 0) & (2**64 - 1):#x}")
+    return " ".join(opts)

@@ -25,6 +25,12 @@ from typing import Any
 
 from kdumpkit.dump.base import NT_PRSTATUS, DumpInfo, Note
 from kdumpkit.dump.elf import ElfDump
+from kdumpkit.dump.elfnotes import (
+    ELF_PRSTATUS_SIZE_X86_64,
+    PRSTATUS_PID_OFFSET,
+    PRSTATUS_REG_OFFSET_X86_64,
+    X86_64_USER_REGS,
+)
 from kdumpkit.dump.fileio import ByteSource
 from kdumpkit.errors import DumpError
 
@@ -35,11 +41,9 @@ GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10
 SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "ldt", "tr", "gdt", "idt")
 _SEG = struct.Struct("<IIIIQ")
 
-# x86_64_user_regs_struct order (QEMU arch_dump.c = the kernel's user_regs_struct)
-X86_64_USER_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx",
-                    "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds",
-                    "es", "fs", "gs")
-X86_64_PRSTATUS_SIZE, X86_64_PID_OFF, X86_64_REGS_OFF = 336, 32, 112
+# QEMU arch_dump.c writes the kernel's user_regs_struct (elfnotes.X86_64_USER_REGS)
+X86_64_PRSTATUS_SIZE, X86_64_PID_OFF, X86_64_REGS_OFF = (ELF_PRSTATUS_SIZE_X86_64, PRSTATUS_PID_OFFSET,
+                                                         PRSTATUS_REG_OFFSET_X86_64)
 I386_PRSTATUS_SIZE, I386_PID_OFF, I386_REGS_OFF = 144, 24, 72
 # x86_user_regs_struct: u32 ebx…eax, u16 pairs for ds/es/fs/gs, orig_eax, eip, cs pair, eflags, esp, ss pair
 _I386_REGS = struct.Struct("<7I8H2I2H2I2H")

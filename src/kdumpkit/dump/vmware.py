@@ -29,7 +29,8 @@ import os
 import struct
 from typing import Any
 
-from kdumpkit.dump.base import NT_PRSTATUS, DumpInfo, Note
+from kdumpkit.dump.base import DumpInfo, Note
+from kdumpkit.dump.elfnotes import X86_64_USER_REGS, x86_64_prstatus
 from kdumpkit.dump.fileio import ByteSource, MappedFile
 from kdumpkit.dump.segments import Segment, SegmentDump
 from kdumpkit.errors import CorruptDumpError, DumpError, NotADumpError, UnsupportedError
@@ -45,9 +46,6 @@ MAX_VCPUS = 4096
 # crash's vmssregs64 order, which its reader fills straight from the "gpregs" block
 GPREGS = ("rax", "rcx", "rdx", "rbx", "rbp", "rsp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 SCALAR_REGS = set(GPREGS) | {"rip"}
-# x86_64 user_regs_struct order inside NT_PRSTATUS (pr_reg at 112 of a 336-byte elf_prstatus)
-USER_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi",
-             "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs")
 
 
 def make_tag(name_len: int, nindx: int, valsize: int) -> int:
@@ -217,11 +215,8 @@ class VmssDump(SegmentDump):
     def notes(self) -> list[Note]:
         notes = []
         for i, r in enumerate(self.vcpus):
-            desc = bytearray(336)
-            struct.pack_into("<i", desc, 32, i + 1)
-            vals = [r.get("rflags" if name == "eflags" else name, 0) for name in USER_REGS]
-            struct.pack_into("<27Q", desc, 112, *(v & 0xFFFFFFFFFFFFFFFF for v in vals))
-            notes.append(Note("CORE", NT_PRSTATUS, bytes(desc)))
+            notes.append(x86_64_prstatus({n: r.get("rflags" if n == "eflags" else n, 0) for n in X86_64_USER_REGS},
+                                         pid=i + 1))
         return notes
 
     def registers(self) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kdumpkit.dump.elfnotes import PRSTATUS_PID_OFFSET, PRSTATUS_REG_OFFSET_X86_64, X86_64_USER_REGS
 from kdumpkit.errors import KdumpkitError
 from kdumpkit.kernel.vmcoreinfo import VmcoreInfo
 
@@ -24,13 +25,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CrashFacts", "X86_64_PRSTATUS_REGS", "crash_facts", "prstatus_x86_64"]
 
-X86_64_PRSTATUS_REGS = (
-    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi",
-    "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
-)
-"""``pr_reg`` (``struct user_regs_struct``) order in an x86_64 ``elf_prstatus``."""
-_X86_64_PR_PID = 32
-_X86_64_PR_REG = 112
+X86_64_PRSTATUS_REGS = X86_64_USER_REGS  # ``pr_reg`` order in an x86_64 ``elf_prstatus``
+_X86_64_PR_PID = PRSTATUS_PID_OFFSET
+_X86_64_PR_REG = PRSTATUS_REG_OFFSET_X86_64
 
 # panic() prints "Kernel panic - not syncing: <msg>"; oopses and BUGs print these first.
 _PANIC = re.compile(rb"Kernel panic - not syncing")
