@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from itertools import repeat
 from dataclasses import dataclass
 
 from kdumpkit.dump.base import Buffer
@@ -31,15 +32,29 @@ class Codec:
     flag: int
     compress: Callable[[Buffer], bytes]  # takes any bytes-like page
     decompress: Callable[[bytes, int], bytes]
+    #: many pages at once: ``map`` straight over the library's C function, no Python frame per page
+    compress_many: Callable[[list[bytes]], list[bytes]] | None = None
+
+    def compress_pages(self, pages: list[bytes]) -> list[bytes]:
+        """Compress each page (the writers' hot loop: one call per batch)."""
+        if self.compress_many is not None:
+            return self.compress_many(pages)
+        return list(map(self.compress, pages))
 
 
-def _zlib_compressor() -> Callable[[Buffer], bytes]:
+def _zlib_compress_fn() -> Callable[..., bytes]:
     try:
         from zlib_ng import zlib_ng  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
-        return lambda b: zlib_ng.compress(b, 1)
+        return zlib_ng.compress
     except ImportError:
-        return lambda b: zlib.compress(b, 1)
+        return zlib.compress
+
+
+def _zlib() -> Codec:
+    fn = _zlib_compress_fn()
+    return Codec("zlib", FLAG_ZLIB, lambda b: fn(b, 1), _zlib_decompress,
+                 lambda pages: list(map(fn, pages, repeat(1))))
 
 
 def _zlib_decompress(data: bytes, size: int) -> bytes:
@@ -56,6 +71,7 @@ def _lzo() -> Codec:
         FLAG_LZO,
         lambda b: lzo.compress(bytes(b), 1, False),  # python-lzo takes only bytes
         lambda d, n: lzo.decompress(d, False, n),
+        lambda pages: list(map(lzo.compress, pages, repeat(1), repeat(False))),
     )
 
 
@@ -84,11 +100,12 @@ def _zstd() -> Codec:
         FLAG_ZSTD,
         cctx.compress,
         lambda d, n: dctx.decompress(d, max_output_size=n),
+        lambda pages: list(map(cctx.compress, pages)),
     )
 
 
 _BUILDERS: dict[str, Callable[[], Codec]] = {
-    "zlib": lambda: Codec("zlib", FLAG_ZLIB, _zlib_compressor(), _zlib_decompress),
+    "zlib": _zlib,
     "lzo": _lzo,
     "snappy": _snappy,
     "zstd": _zstd,

@@ -756,15 +756,23 @@ def encode_batch(codec_name: str | None, page_size: int, data: bytes, share_zero
         rows = np.frombuffer(data, dtype=np.uint8).reshape(n, page_size)
         return (bytes(data) if bool(keep.all()) else rows[keep].tobytes()), sizes, flags, zero
     comp = codecs.codec(codec_name)
-    compress = comp.compress
-    mv = memoryview(data)
-    idx = np.flatnonzero(np.logical_not(zero)) if share_zero else np.arange(n)
-    # One comprehension over the pages, no per-page bookkeeping in Python.
-    pages = [mv[i * page_size:(i + 1) * page_size] for i in idx.tolist()]
-    outs = [compress(p) for p in pages]
+    data = bytes(data)
+    cuts = _page_slices(page_size, n)
+    if share_zero and bool(zero.any()):
+        idx = np.flatnonzero(np.logical_not(zero))
+        cuts = [cuts[i] for i in idx.tolist()]
+    else:
+        idx = np.arange(n)
+    # Pages are bytes slices (python-lzo takes nothing else) and the codec maps its C function over
+    # them: no Python frame per page.
+    pages = list(map(data.__getitem__, cuts))
+    outs = comp.compress_pages(pages)
     lens = np.fromiter(map(len, outs), dtype=np.int64, count=len(outs))
     small = lens < page_size
-    parts = [o if ok else bytes(p) for o, p, ok in zip(outs, pages, small.tolist(), strict=True)]
+    if bool(small.all()):
+        parts = outs
+    else:
+        parts = [o if ok else p for o, p, ok in zip(outs, pages, small.tolist(), strict=True)]
     sizes[idx] = np.where(small, lens, page_size)
     flags[idx] = np.where(small, comp.flag, 0)
     return b"".join(parts), sizes, flags, zero
@@ -797,6 +805,17 @@ def _raw_pages(source: Dump, runs: list[tuple[int, int]]
         ext = source.file_extent(pfn, n)
         blob: Extent | bytes = Extent(ext[0], ext[1], n * ps) if ext else bytes(source._read_dumped(pfn, n))
         yield pfn, n, (blob, np.full(n, ps, dtype=np.uint32), np.zeros(n, dtype=np.uint32), np.zeros(n, dtype=bool))
+
+
+_SLICES: dict[int, list[slice]] = {}
+
+
+def _page_slices(page_size: int, n: int) -> list[slice]:
+    """``slice`` objects of the first ``n`` pages of a batch (made once per page size)."""
+    cached = _SLICES.get(page_size)
+    if cached is None or len(cached) < n:
+        cached = _SLICES[page_size] = [slice(i * page_size, (i + 1) * page_size) for i in range(max(n, 1024))]
+    return cached[:n]
 
 
 def _batches(source: Dump, runs: list[tuple[int, int]], batch: int) -> Iterator[tuple[int, int, bytes]]:
