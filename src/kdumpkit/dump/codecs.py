@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from itertools import repeat
 from dataclasses import dataclass
+from itertools import repeat
 
 from kdumpkit.dump.base import Buffer
 from kdumpkit.errors import CorruptDumpError, UnsupportedCompressionError
