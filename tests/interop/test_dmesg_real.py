@@ -120,16 +120,14 @@ def test_crash_facts_real(ref: Any, vmcore: Dump) -> None:
     assert f.cpus and f.cpus >= 1 and not f.missing
 
 
-def test_vtop_cli_matches_crash(vmcore: Dump, ref: Any) -> None:
-    """crash's ``vtop`` (no vmlinux: --minimal needs one, so only if crash can run) agrees on the PA."""
+def test_vtop_cli_matches_crash(vmcore: Dump, ref: Any, request: pytest.FixtureRequest) -> None:
+    """crash's ``vtop`` with Debian's debuginfo vmlinux (when cached) agrees on the PA."""
     if shutil.which("crash") is None:
         pytest.skip("crash not installed")
-    vmlinux = list(Path(ref.kernel_dir).rglob("vmlinux*"))
-    if not vmlinux:
-        pytest.skip("no vmlinux with debug info in the kernel package")
+    vmlinux = request.getfixturevalue("debug_vmlinux_bookworm")
     info = VmcoreInfo.from_dump(vmcore)
     va = info.require_symbol("init_uts_ns")
-    p = subprocess.run(["crash", "-s", str(vmlinux[0]), str(ref.vmcore)], input=f"vtop {va:x}\nquit\n",
+    p = subprocess.run(["crash", "-s", str(vmlinux), str(ref.vmcore)], input=f"vtop {va:x}\nquit\n",
                        capture_output=True, text=True, timeout=300)
     m = re.search(rf"^{va:x}\s+([0-9a-f]+)", p.stdout, re.M)
     if m is None:
