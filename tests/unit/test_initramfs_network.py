@@ -213,3 +213,44 @@ def test_udhcpc_script_is_valid_busybox_sh(tmp_path: Path) -> None:
     init = tmp_path / "init"
     init.write_text(initramfs.INIT)
     assert subprocess.run(["busybox", "sh", "-n", str(init)]).returncode == 0
+
+
+@pytest.mark.parametrize(("uts", "folder"), [("(none)", "localhost"), ("-web_1.", "web_1"), ("db(2)", "db_2")])
+def test_crash_ids_are_ones_the_receiver_accepts(monkeypatch: pytest.MonkeyPatch, uts: str, folder: str) -> None:
+    """The lab guest's hostname is "(none)": its crash id "_none_-<date>" was refused by ``kdumpkit receive``."""
+    from kdumpkit.capture import dmesg
+    from kdumpkit.capture.receive import CRASH_ID
+    from kdumpkit.capture.targets import crash_id_for
+
+    monkeypatch.setattr(dmesg, "dump_hostname", lambda dump: uts)
+    assert dmesg.crash_hostname(None) == folder  # type: ignore[arg-type]
+    assert CRASH_ID.match(crash_id_for(folder, 0))
+
+
+def test_nfs_mount_failure_leaves_nothing_mounted(tmp_path: Path) -> None:
+    from kdumpkit.capture.targets import NfsDestination
+    from kdumpkit.errors import OutputError
+
+    calls: list[list[str]] = []
+
+    def runner(cmd: list[str]) -> None:
+        calls.append(cmd)
+        if cmd[0] == "mount":
+            raise OutputError("Connection refused")
+
+    dest = NfsDestination(Target("nfs", server="10.0.2.2:/kdump"), runner=runner)
+    with pytest.raises(OutputError):
+        dest.open("h-2024-01-01-00:00:00")
+    mnt = calls[0][-1]
+    dest.close()
+    assert [c[0] for c in calls] == ["mount"] and not os.path.exists(mnt)  # no umount of what never mounted
+
+
+def test_lab_vm_network_is_user_mode_virtio(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdumpkit.lab import qemu
+
+    monkeypatch.setattr(qemu, "qemu_binary", lambda: "qemu-system-x86_64")
+    cfg = qemu.VMConfig(Path("vmlinuz"), Path("initrd"), "console=ttyS0", 1024, [])
+    assert "-netdev" not in cfg.command(Path("q.sock"))  # -nodefaults: no NIC unless asked
+    cmd = qemu.VMConfig(Path("vmlinuz"), Path("initrd"), "", 1024, [], network=True).command(Path("q.sock"))
+    assert cmd[cmd.index("-netdev") + 1] == "user,id=n0" and cmd[cmd.index("-device") + 1] == "virtio-net-pci,netdev=n0"

@@ -109,8 +109,17 @@ def dump_hostname(dump: Dump) -> str | None:
     return name if name and name.isprintable() else None
 
 
+UNSET_HOSTNAME = "(none)"
+
+
 def crash_hostname(dump: Dump) -> str:
-    """Hostname for folder names: the dump's own, else this host's; safe for a path."""
-    name = dump_hostname(dump) or socket.gethostname() or "localhost"
+    """Hostname for folder names: the dump's own, else this host's; safe for a path.
+
+    The kernel's "(none)" (no hostname was ever set: initramfs-only systems,
+    the lab) becomes "localhost".  The result starts with a letter or digit,
+    as ``kdumpkit receive`` requires of crash ids (it refused "_none_-<date>").
+    """
+    name = dump_hostname(dump) or socket.gethostname()
+    name = "" if name == UNSET_HOSTNAME else name
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-    return safe.strip(".") or "localhost"
+    return safe.strip("._-") or "localhost"

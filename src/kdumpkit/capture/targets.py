@@ -211,12 +211,14 @@ class NfsDestination(LocalDestination):
                  resolve: Callable[[str], str] = resolve_ipv4) -> None:
         super().__init__(target, log, fmt=fmt, base="/nonexistent")
         self.mnt = ""
+        self.mounted = False
         self.run = runner or _run_checked
         self.resolve = resolve
 
     def open(self, crash_id: str) -> None:
         self.mnt = tempfile.mkdtemp(prefix="kdumpkit-nfs-")
         self.run(nfs_mount_argv(self.target, self.mnt, self.resolve))
+        self.mounted = True
         self.base = os.path.join(self.mnt, self.target.path.lstrip("/"))
         super().open(crash_id)
         self.location = f"{self.target.server}:{os.path.relpath(self.dir, self.mnt)}"
@@ -224,7 +226,9 @@ class NfsDestination(LocalDestination):
     def close(self) -> None:
         if self.mnt:
             try:
-                self.run(["umount", self.mnt])
+                if self.mounted:
+                    self.run(["umount", self.mnt])
+                    self.mounted = False
                 os.rmdir(self.mnt)
             except (KdumpkitError, OSError) as e:
                 self.log(f"nfs: cannot unmount {self.mnt}: {e}")

@@ -53,6 +53,8 @@ def capture_images(kernel: Kernel, compression: str = "gzip", *, config_text: st
     ``config_text`` replaces :data:`LAB_CONFIG` (``kdumpkit test`` passes the
     user's dump level and codec with the lab's raw target) and ``modules`` are
     extra modules for the capture initramfs; each variant is cached apart.
+    The building host's NIC is not looked at (``host_nic=None``): a network
+    configuration names the guest's driver in ``[network] drivers``.
     """
     variant = ""
     if (config_text is not None and config_text != LAB_CONFIG) or modules:
@@ -67,7 +69,7 @@ def capture_images(kernel: Kernel, compression: str = "gzip", *, config_text: st
                 shutil.rmtree(old, ignore_errors=True)
         _blob, res = capture_initramfs.build(cap, config_text=config_text or LAB_CONFIG,
                                              modules_dir=kernel.modules_dir, modules=list(modules),
-                                             compression=compression)
+                                             compression=compression, host_nic=None)
         tree = cpio.Tree()
         add_runtime(tree)
         raw = tree.archive()

@@ -4,6 +4,10 @@ QEMU's serial port is its stdout; a thread stamps each line with the host
 clock and appends it to ``console.log`` as it arrives, so a hung guest still
 leaves a complete log behind.  A QMP socket is always opened (the ``nmi``
 scenario needs it, and a clean ``quit`` is nicer than a kill).
+
+``network=True`` adds one virtio-net NIC on QEMU's user-mode network (slirp:
+no root, no bridge): the guest gets 10.0.2.15 by DHCP, and 10.0.2.2 is the
+host's loopback, where e2e tests run their NFS and ssh servers.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from kdumpkit.errors import LabError
 from kdumpkit.lab.console import Line, clean
 
 QEMU = "qemu-system-x86_64"
+#: The host as the guest sees it on the user-mode network (its 127.0.0.1).
+USER_NET_HOST = "10.0.2.2"
 
 
 def qemu_binary() -> str:
@@ -87,6 +93,7 @@ class VMConfig:
     disks: list[Path]
     accel: str = "tcg"
     smp: int = 2
+    network: bool = False  # one virtio-net NIC on user-mode networking
 
     def command(self, qmp_socket: Path) -> list[str]:
         cpu = "host" if self.accel == "kvm" else "max"
@@ -96,6 +103,8 @@ class VMConfig:
                "-kernel", str(self.vmlinuz), "-initrd", str(self.initrd), "-append", self.cmdline]
         for d in self.disks:
             cmd += ["-drive", f"file={d},if=virtio,format=raw,cache=unsafe"]
+        if self.network:
+            cmd += ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
         return cmd
 
 

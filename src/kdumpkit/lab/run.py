@@ -101,7 +101,8 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
         crashkernel: str = "256M", scenario: str = "sysrq", capture: str = "makedumpfile",
         timeout: float = 600, accel: str = "auto", smp: int = 2,
         on_line: Callable[[console.Line], None] | None = None, capture_config: str | None = None,
-        capture_modules: tuple[str, ...] = (), live: bool = False, load_mode: str = "file") -> RunResult:
+        capture_modules: tuple[str, ...] = (), live: bool = False, load_mode: str = "file",
+        network: bool = False) -> RunResult:
     """Run one crash cycle and write its outputs into ``out``.
 
     Outputs: ``vmcore`` (ELF copy of /proc/vmcore), ``dump.flat`` (makedumpfile
@@ -117,6 +118,9 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
     it (``live-dmesg-before.txt``, ``live-dmesg-after.txt``), the estimate
     (``live-estimate.json``) and ``/proc/meminfo`` right after it.  ``load_mode`` is ``kdumpkit load --mode`` in the
     guest (``capture="kdumpkit"``): ``file`` (kexec_file_load) or ``classic`` (kexec_load).
+    ``network`` gives the guest a virtio-net NIC on QEMU's user-mode network
+    (the host's loopback is 10.0.2.2), for ssh and nfs targets; the raw disk
+    may then hold no dump (``crash_dir`` None: the dump went over the network).
     With ``capture="kdumpkit-save"`` kexec-tools loads the lab image with the
     Python runtime inside, and the capture kernel runs ``kdumpkit save -F -l
     -d 31 /proc/vmcore`` itself (the makedumpfile drop-in): ``dump.flat`` is
@@ -175,7 +179,7 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
             cmdline += " kdumpkit_lab.live=1"
         if load_mode != "file":
             cmdline += f" kdumpkit_lab.load_mode={load_mode}"
-        vm = VM(VMConfig(k.vmlinuz, images.initrd, cmdline, mem_mb, disks, accel_used, smp), log)
+        vm = VM(VMConfig(k.vmlinuz, images.initrd, cmdline, mem_mb, disks, accel_used, smp, network=network), log)
         vm.on_line = on_line
         vm.start(work)
         try:
@@ -187,7 +191,9 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
         expected = int(info["vmcore-size"]) if "vmcore-size" in info else None
         crash_dir: str | None = None
         flat_size: int | None = None
-        if capture == "kdumpkit":
+        if capture == "kdumpkit" and network and not _holds_raw_dump(disks[1]):
+            vmcore_size = 0  # the dump went to an ssh/nfs target
+        elif capture == "kdumpkit":
             crash_dir, vmcore_size = _restore(disks[1], outdir / "crash", log)
         else:
             vmcore_size = extract.extract_elf(disks[1], outdir / "vmcore", expected)
@@ -222,6 +228,14 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
                        initramfs=sizes)
     (outdir / "run.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+def _holds_raw_dump(disk: Path) -> bool:
+    """Whether kdumpkit's raw target header is on ``disk``."""
+    from kdumpkit.capture.targets import RAW_MAGIC
+
+    with open(disk, "rb") as f:
+        return f.read(len(RAW_MAGIC)) == RAW_MAGIC
 
 
 def _restore(disk: Path, dest: Path, log: Path) -> tuple[str, int]:

@@ -181,6 +181,8 @@ def network_modules(cfg: Config, host: HostNic | None) -> NetworkPlan:
     for d in cfg.network.drivers:
         if d not in plan.modules:
             plan.modules.append(d)
+    if cfg.network.drivers:
+        plan.notes.append(f"NIC driver(s) {' '.join(cfg.network.drivers)} ([network] drivers)")
     if not plan.modules:
         plan.notes.append("no NIC driver module: the capture kernel must have its NIC driver built in")
     for t in cfg.targets:
