@@ -26,6 +26,7 @@ are derived once.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Iterator
@@ -49,7 +50,7 @@ log = logging.getLogger("kdumpkit")
 #: grows with the window (the NumPy temporaries of classify() are a few times
 #: its size: 88 MiB at 2^18 vs 41 MiB at 2^14 on a real 1 GiB 6.1 dump), and
 #: the per-window Python cost is small next to the work above 2^14.
-DEFAULT_WINDOW_PFNS = 1 << 14
+DEFAULT_WINDOW_PFNS = 1 << 16
 
 COUNT_KEYS = ("cache", "cache_private", "user", "free", "hwpoison", "offline", "unaccepted")
 
@@ -202,14 +203,43 @@ def _ram_pfn_runs(source: Dump) -> list[tuple[int, int]]:
     return source.ram_runs()
 
 
+class _Cover:
+    """Which pfns of a window sorted, disjoint runs cover: ``True`` (all), ``False`` (none) or a mask."""
+
+    def __init__(self, runs: list[tuple[int, int]]) -> None:
+        merged: list[tuple[int, int]] = []
+        for s, e in sorted(r for r in runs if r[1] > r[0]):
+            if merged and s <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+            else:
+                merged.append((s, e))
+        self.runs = merged
+        self.starts = [s for s, _ in merged]
+
+    def window(self, start: int, end: int) -> bool | np.ndarray:
+        i = bisect.bisect_right(self.starts, start) - 1
+        if i >= 0 and self.runs[i][1] >= end:
+            return True
+        j = bisect.bisect_left(self.starts, end)
+        lo = max(i, 0)
+        if all(e <= start for _, e in self.runs[lo:j]):
+            return False
+        out = np.zeros(end - start, dtype=bool)
+        for s, e in self.runs[lo:j]:
+            if e > start:
+                out[max(s, start) - start:min(e, end) - start] = True
+        return out
+
+
 def _classify_all(source: Dump, kmem: KernelMemory, spm: StructPageMap, spec: PageFlagsSpec, dump_level: int,
                   window_pfns: int) -> tuple[np.ndarray, dict[str, int], int, dict[str, Any]]:
     max_pfn = source.max_pfn
     bits = np.zeros((max_pfn + 7) // 8 + 1, dtype=np.uint8)
-    counts = dict.fromkeys(COUNT_KEYS, 0)
-    counts["unreadable"] = 0
-    ram = _ram_pfn_runs(source)
-    dumped = source.dumped_runs()
+    per_class = np.zeros(8, dtype=np.int64)
+    unreadable = 0
+    ram = _Cover(_ram_pfn_runs(source))
+    dumped_runs = source.dumped_runs()
+    dumped = _Cover(dumped_runs)
     carry: tuple[int, int] | None = None
     free_seen = 0
     bad_orders = 0
@@ -217,28 +247,39 @@ def _classify_all(source: Dump, kmem: KernelMemory, spm: StructPageMap, spec: Pa
     t0 = time.perf_counter()
     if window_pfns < 8 or window_pfns & 7:
         raise UsageError(f"window_pfns must be a positive multiple of 8, not {window_pfns}")
+    # one struct page buffer for every window (the extra row is the next pfn's, for compound orders)
+    buf = np.empty((min(window_pfns, max_pfn) + 1) * spm.size, dtype=np.uint8)
     for w in range(0, max_pfn, window_pfns):
         we = min(w + window_pfns, max_pfn)
-        in_ram = runs_to_mask(ram, w, we)
-        if not in_ram.any() and carry is None:
+        n = we - w
+        in_ram = ram.window(w, we)
+        if in_ram is False and carry is None:
             continue
-        pages, valid = spm.read(w, we + 1)
-        readable = valid[:we - w] & in_ram
+        pages, valid = spm.read(w, we + 1, out=buf)
+        readable = valid[:n] if in_ram is True else valid[:n] & in_ram
         res = classify(spec, pages, readable, w, dump_level, carry=carry)
         carry = res.carry
         free_seen += res.free_seen
         bad_orders += res.bad_orders
-        classified += int(readable.sum())
-        is_dumped = runs_to_mask(dumped, w, we)
-        counts["unreadable"] += int((in_ram & ~valid[:we - w] & is_dumped).sum())
-        excl = (res.cls != 0) & is_dumped
-        if excl.any():
-            for code, name in CLASS_NAMES.items():
-                counts[name] += int((excl & (res.cls == code)).sum())
-            packed = np.packbits(excl, bitorder="little")
-            bits[w >> 3:(w >> 3) + packed.size] |= packed
+        classified += int(np.count_nonzero(readable))
+        is_dumped = dumped.window(w, we)
+        if is_dumped is False:
+            continue
+        if in_ram is not False and not bool(valid[:n].all()):
+            lost = ~valid[:n] if in_ram is True else in_ram & ~valid[:n]
+            unreadable += int(np.count_nonzero(lost if is_dumped is True else lost & is_dumped))
+        cls = res.cls if is_dumped is True else np.where(is_dumped, res.cls, np.int8(0))
+        hist = np.bincount(cls.view(np.uint8), minlength=8)
+        if hist[0] == n:
+            continue
+        per_class += hist[:8]
+        packed = np.packbits(cls.view(np.uint8), bitorder="little")
+        bits[w >> 3:(w >> 3) + packed.size] |= packed
     elapsed = time.perf_counter() - t0
-    total_dumped = sum(e - s for s, e in dumped)
+    counts = {name: int(per_class[code]) for code, name in CLASS_NAMES.items()}
+    counts = {k: counts[k] for k in COUNT_KEYS}
+    counts["unreadable"] = unreadable
+    total_dumped = sum(e - s for s, e in dumped_runs)
     excluded = sum(counts[k] for k in COUNT_KEYS)
     counts["excluded"] = excluded
     counts["kept"] = total_dumped - excluded

@@ -150,22 +150,39 @@ class StructPageMap:
             return r.va + (pfn - r.start) * self.size
         return None
 
-    def read(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-        """``struct page`` bytes of pfns ``[start, end)`` as ``(n, SIZE(page))`` uint8, and a validity mask."""
+    def read(self, start: int, end: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``struct page`` bytes of pfns ``[start, end)`` as ``(n, SIZE(page))`` uint8, and a validity mask.
+
+        ``out`` (uint8, at least ``n * SIZE(page)`` bytes) is reused instead
+        of a new buffer; what could not be read is zero in it either way.
+        """
         n = end - start
         sz = self.size
-        out = np.zeros(n * sz, dtype=np.uint8)
+        if out is None:
+            out = np.zeros(n * sz, dtype=np.uint8)
+            fresh = True
+        else:
+            out = out[:n * sz]
+            fresh = False
         valid = np.zeros(n, dtype=bool)
         i = max(bisect.bisect_right(self._run_starts, start) - 1, 0)
         bad: list[tuple[int, int]] = []
+        done = 0  # bytes of out up to which every gap has been zeroed
         while i < len(self.runs) and self.runs[i].start < end:
             r = self.runs[i]
             s, e = max(r.start, start), min(r.end, end)
             if s < e:
                 valid[s - start:e - start] = True
+                if not fresh and (s - start) * sz > done:
+                    out[done:(s - start) * sz] = 0
                 self._read_virt(r.va + (s - r.start) * sz, (e - s) * sz, out, (s - start) * sz, bad)
+                done = (e - start) * sz
             i += 1
+        if not fresh:
+            out[done:] = 0
         for bs, be in bad:
+            if not fresh:
+                out[bs:be] = 0
             valid[bs // sz:(be + sz - 1) // sz] = False
         return out.reshape(n, sz), valid
 

@@ -49,7 +49,7 @@ __all__ = [
 CLASS_NONE = 0
 CLASS_FREE = 1
 CLASS_CACHE = 2
-CLASS_CACHE_PRIVATE = 3
+CLASS_CACHE_PRIVATE = 3  # CLASS_CACHE + 1: classify() relies on it
 CLASS_USER = 4
 CLASS_HWPOISON = 5
 CLASS_OFFLINE = 6
@@ -204,11 +204,11 @@ class PageFlagsSpec:
             self.pg_buddy is not None or (self.buddy_mapcount is not None and self.off_mapcount is not None))
 
 
-def _field(pages: np.ndarray, off: int, nbytes: int, byteorder: str) -> np.ndarray:
-    """One integer field of every ``struct page`` row, as uint64."""
+def _col(pages: np.ndarray, off: int, nbytes: int, byteorder: str) -> np.ndarray:
+    """One integer field of every ``struct page`` row: a strided view of ``pages``, nothing copied."""
     end = "<" if byteorder == "little" else ">"
-    col = np.ascontiguousarray(pages[:, off:off + nbytes])
-    return col.view(f"{end}u{nbytes}").ravel().astype(np.uint64)
+    col: np.ndarray = pages[:, off:off + nbytes].view(f"{end}u{nbytes}")[:, 0]
+    return col
 
 
 def _type_is(mapcount: np.ndarray, value: int | None) -> np.ndarray:
@@ -220,6 +220,13 @@ def _type_is(mapcount: np.ndarray, value: int | None) -> np.ndarray:
         return out
     eq: np.ndarray = mapcount == np.uint64(value)
     return eq
+
+
+def _type_range(value: int) -> tuple[int, int]:
+    """The ``_mapcount`` values (as u32) that :func:`_type_is` accepts for ``value``."""
+    if value & _PGTY_LOW_MASK == 0 and value >> 24 >= 0xF0:
+        return value, value | _PGTY_LOW_MASK
+    return value, value
 
 
 def _bit(flags: np.ndarray, nr: int | None) -> np.ndarray:
@@ -245,17 +252,38 @@ class Classification:
     bad_orders: int
 
 
-def _page_fields(spec: PageFlagsSpec, pages: np.ndarray) -> dict[str, np.ndarray]:
-    bo = spec.byteorder
-    n = pages.shape[0]
-    zeros = np.zeros(n, dtype=np.uint64)
-    return {
-        "flags": _field(pages, spec.off_flags, 8, bo),
-        "mapping": _field(pages, spec.off_mapping, 8, bo),
-        "mapcount": _field(pages, spec.off_mapcount, 4, bo) if spec.off_mapcount is not None else zeros,
-        "private": _field(pages, spec.off_private, 8, bo) if spec.off_private is not None else zeros,
-        "chead": _field(pages, spec.off_compound_head, 8, bo) if spec.off_compound_head is not None else zeros,
-    }
+@dataclass(frozen=True)
+class _Plan:
+    """What of a ``struct page`` can make its pfn a candidate, per spec (computed once)."""
+
+    flag_mask: int
+    """Flag bits of which one must be set for a class to apply (lru, swapcache, hwpoison, head, PG_buddy)."""
+    type_lo: int | None
+    """Smallest ``_mapcount`` (u32) of any page type that can classify (buddy, offline, unaccepted)."""
+    type_span: int
+    type_at_zero: bool
+    """No ``_mapcount`` field: the classifier sees 0 there (only matters if a type value is 0)."""
+
+
+_PLANS: dict[PageFlagsSpec, _Plan] = {}
+
+
+def _plan(spec: PageFlagsSpec) -> _Plan:
+    plan = _PLANS.get(spec)
+    if plan is not None:
+        return plan
+    mask = spec.head_mask
+    for nr in (spec.pg_lru, spec.pg_swapcache, spec.pg_hwpoison, spec.pg_buddy):
+        if nr is not None:
+            mask |= 1 << nr
+    ranges = [_type_range(v) for v in (spec.buddy_mapcount, spec.offline_mapcount, spec.unaccepted_mapcount)
+              if v is not None]
+    lo = min(r[0] for r in ranges) if ranges else None
+    hi = max(r[1] for r in ranges) if ranges else 0
+    at_zero = spec.off_mapcount is None and lo is not None and lo == 0
+    plan = _Plan(mask & 0xFFFF_FFFF_FFFF_FFFF, lo, (hi - lo) if lo is not None else 0, at_zero)
+    _PLANS[spec] = plan
+    return plan
 
 
 def classify(spec: PageFlagsSpec, pages: np.ndarray, readable: np.ndarray, start_pfn: int, dump_level: int,
@@ -267,129 +295,171 @@ def classify(spec: PageFlagsSpec, pages: np.ndarray, readable: np.ndarray, start
     tail page); rows whose ``readable`` is False (no ``struct page``, or not
     RAM) are never classified and stay CLASS_NONE unless a block from an
     earlier readable head covers them — exactly makedumpfile's behaviour.
+
+    Two passes: a cheap one over every row finds the *candidates* (a flag
+    that can classify, the anonymous bit of ``mapping``, or a page-type
+    ``_mapcount``), reading the fields as strided views of ``pages``; the
+    full decision then runs on the candidates' gathered fields only.
     """
     n = readable.shape[0]
-    f = _page_fields(spec, pages)
-    flags, mapping, mapcount, private, chead = (f[k][:n] for k in ("flags", "mapping", "mapcount", "private", "chead"))
-    nxt_flags = f["flags"][1:n + 1]
-    pfns = np.arange(start_pfn, start_pfn + n, dtype=np.int64)
+    if pages.ndim != 2 or pages.strides[1] != 1:
+        pages = np.ascontiguousarray(pages)
+    bo = spec.byteorder
+    plan = _plan(spec)
+
+    # -- pass 1: candidates ------------------------------------------------------------
+    flags_col = _col(pages, spec.off_flags, 8, bo)
+    mc_col = _col(pages, spec.off_mapcount, 4, bo) if spec.off_mapcount is not None else None
+    low = spec.off_mapping if bo == "little" else spec.off_mapping + 7
+    cand_m = np.bitwise_and(flags_col[:n], np.uint64(plan.flag_mask)).astype(bool)
+    cand_m |= np.bitwise_and(pages[:n, low], np.uint8(PAGE_MAPPING_ANON)).view(bool)
+    if plan.type_lo is not None:
+        if mc_col is not None:
+            t = np.subtract(mc_col[:n], np.uint32(plan.type_lo), dtype=np.uint32)
+            cand_m |= t <= np.uint32(plan.type_span)
+        elif plan.type_at_zero:
+            cand_m[:] = True
+    cand_m &= readable
+    cand = np.flatnonzero(cand_m)
+    if spec.off_compound_head is not None and cand.size:
+        ch = _col(pages, spec.off_compound_head, 8, bo)[cand]
+        cand = cand[(ch & np.uint64(1)) == 0]
+    return _decide(spec, pages, cand, n, start_pfn, dump_level, carry, flags_col, mc_col)
+
+
+def _decide(spec: PageFlagsSpec, pages: np.ndarray, cand: np.ndarray, n: int, start_pfn: int, dump_level: int,
+            carry: tuple[int, int] | None, flags_col: np.ndarray, mc_col: np.ndarray | None) -> Classification:
+    """makedumpfile's decision for the candidate rows ``cand`` (readable, not tails), then the blocks."""
+    bo = spec.byteorder
+    k = cand.size
+    flags = flags_col[cand].astype(np.uint64, copy=False)
+    mapcount = mc_col[cand].astype(np.uint64) if mc_col is not None else np.zeros(k, dtype=np.uint64)
 
     # -- compound heads: order (and hugetlb) from the first tail page --------------------
-    head = (flags & np.uint64(spec.head_mask)) != 0 if spec.head_mask else np.zeros(n, dtype=bool)
-    order = np.zeros(n, dtype=np.int64)
-    hugetlb = np.zeros(n, dtype=bool)
-    if head.any():
+    order = np.zeros(k, dtype=np.int64)
+    hugetlb = np.zeros(k, dtype=bool)
+    if spec.head_mask:
+        hsel = np.flatnonzero((flags & np.uint64(spec.head_mask)) != 0)
+    else:
+        hsel = np.zeros(0, dtype=np.int64)
+    if hsel.size:
+        hrow = cand[hsel]
+        nxt = hrow + 1
+        horder = np.zeros(hsel.size, dtype=np.int64)
         if spec.tail_order_off is not None:
-            raw = _field(pages[1:n + 1], spec.tail_order_off, spec.tail_order_size, spec.byteorder)
+            raw = _col(pages, spec.tail_order_off, spec.tail_order_size, bo)[nxt].astype(np.uint64)
             if spec.hugetlb_mapcount is not None or spec.pg_hugetlb is not None:
                 raw = raw & np.uint64(0xFF)
-            order = np.where(head, raw.astype(np.int64), 0)
+            horder = raw.astype(np.int64)
         if spec.hugetlb_mapcount is not None:
-            hugetlb = head & _type_is(mapcount, spec.hugetlb_mapcount)
+            hhug = _type_is(mapcount[hsel], spec.hugetlb_mapcount)
         elif spec.pg_hugetlb is not None:
-            hugetlb = head & _bit(nxt_flags, spec.pg_hugetlb)
+            hhug = _bit(flags_col[nxt].astype(np.uint64), spec.pg_hugetlb)
         elif spec.tail_dtor_off is not None:
-            dtor = _field(pages[1:n + 1], spec.tail_dtor_off, spec.tail_dtor_size, spec.byteorder)
+            dtor = _col(pages, spec.tail_dtor_off, spec.tail_dtor_size, bo)[nxt].astype(np.uint64)
             want = spec.hugetlb_dtor if spec.hugetlb_dtor is not None else spec.free_huge_page
+            hhug = np.zeros(hsel.size, dtype=bool)
             if want is not None:
-                hugetlb = head & (dtor == np.uint64(want & 0xFFFF_FFFF_FFFF_FFFF))
+                hhug = dtor == np.uint64(want & 0xFFFF_FFFF_FFFF_FFFF)
             if spec.hugetlb_dtor is not None and spec.free_huge_page is not None:
-                hugetlb |= head & (dtor == np.uint64(spec.free_huge_page & 0xFFFF_FFFF_FFFF_FFFF))
-        bad = (order >= 64) | ((pfns & ((np.int64(1) << np.minimum(order, 62)) - 1)) != 0)
-        order = np.where(bad, 0, order)
-    nr_compound = np.int64(1) << order
+                hhug |= dtor == np.uint64(spec.free_huge_page & 0xFFFF_FFFF_FFFF_FFFF)
+        else:
+            hhug = np.zeros(hsel.size, dtype=bool)
+        pfns = hrow.astype(np.int64) + start_pfn
+        bad = (horder >= 64) | ((pfns & ((np.int64(1) << np.minimum(horder, 62)) - 1)) != 0)
+        order[hsel] = np.where(bad, 0, horder)
+        hugetlb[hsel] = hhug
 
     # -- predicates (makedumpfile.h / makedumpfile.c) -----------------------------------
-    tail = (chead & np.uint64(1)) != 0
     if spec.slab_mapcount is not None:
         slab = _type_is(mapcount, spec.slab_mapcount)
     else:
         slab = _bit(flags, spec.pg_slab)
-    if spec.pg_buddy is not None:
+    if spec.off_private is None:
+        buddy = np.zeros(k, dtype=bool)
+        private = np.zeros(k, dtype=np.uint64)
+    elif spec.pg_buddy is not None:
         buddy = _bit(flags, spec.pg_buddy)
     elif spec.buddy_mapcount is not None and spec.off_mapcount is not None:
         buddy = ~slab & _type_is(mapcount, spec.buddy_mapcount)
     else:
-        buddy = np.zeros(n, dtype=bool)
-    if spec.off_private is None:
-        buddy[:] = False
-    lru = _bit(flags, spec.pg_lru)
+        buddy = np.zeros(k, dtype=bool)
+    if spec.off_private is not None:
+        # private (the buddy order) matters on buddy pages only: read it there, 0 elsewhere
+        private = np.zeros(k, dtype=np.uint64)
+        bsel = np.flatnonzero(buddy)
+        private[bsel] = _col(pages, spec.off_private, 8, bo)[cand[bsel]]
+    cache = _bit(flags, spec.pg_lru)
     swapcache = _bit(flags, spec.pg_swapcache)
     if spec.pg_swapbacked is not None:
         swapcache &= _bit(flags, spec.pg_swapbacked)
-    cache = lru | swapcache
+    cache |= swapcache
     private_flag = _bit(flags, spec.pg_private)
-    anon = ((mapping & np.uint64(PAGE_MAPPING_ANON)) != 0) & ~slab
-    hwpoison = _bit(flags, spec.pg_hwpoison)
-    offline = ~slab & _type_is(mapcount, spec.offline_mapcount)
-    unaccepted = _type_is(mapcount, spec.unaccepted_mapcount)
+    low = spec.off_mapping if bo == "little" else spec.off_mapping + 7
+    anon = np.bitwise_and(pages[cand, low], np.uint8(PAGE_MAPPING_ANON)).view(bool) & ~slab
 
     # buddy order: order >= LENGTH(zone.free_area) is rejected (the page is then skipped entirely)
     max_order = spec.max_order if spec.max_order is not None else 64
     buddy_order = np.minimum(private, np.uint64(63)).astype(np.int64)
     bad_buddy = buddy & (private >= np.uint64(max_order))
-    ok = readable & ~tail
 
-    # -- first match wins --------------------------------------------------------------
-    cls = np.zeros(n, dtype=np.int8)
-    nr = nr_compound.copy()
-    undecided = ok.copy()
-
-    def take(mask: np.ndarray, value: int) -> None:
-        m = undecided & mask
-        cls[m] = value
-        undecided[m] = False
-
-    if dump_level & DL_EXCLUDE_FREE:
-        m = undecided & buddy
-        undecided[m & bad_buddy] = False      # "invalid free page order": skipped, kept
-        good = m & ~bad_buddy
-        cls[good] = CLASS_FREE
-        nr[good] = np.int64(1) << buddy_order[good]
-        undecided[good] = False
-    if dump_level & DL_EXCLUDE_CACHE:
-        take(cache & ~private_flag & ~anon, CLASS_CACHE)
-    if dump_level & DL_EXCLUDE_CACHE_PRI:
-        take(cache & ~anon & private_flag, CLASS_CACHE_PRIVATE)
-        take(cache & ~anon, CLASS_CACHE)
-    if dump_level & DL_EXCLUDE_USER_DATA:
-        take(anon | hugetlb, CLASS_USER)
-    take(hwpoison, CLASS_HWPOISON)
-    take(offline, CLASS_OFFLINE)
+    # -- first match wins: assign in reverse order of precedence, so earlier tests overwrite later ones
+    cls = np.zeros(k, dtype=np.int8)
     if dump_level & DL_EXCLUDE_FREE and spec.unaccepted_mapcount is not None:
-        m = undecided & unaccepted
-        cls[m] = CLASS_UNACCEPTED
-        nr[m] = np.int64(1) << max(max_order - 1, 0)
-        undecided[m] = False
+        np.copyto(cls, CLASS_UNACCEPTED, where=_type_is(mapcount, spec.unaccepted_mapcount))
+    if spec.offline_mapcount is not None:
+        np.copyto(cls, CLASS_OFFLINE, where=~slab & _type_is(mapcount, spec.offline_mapcount))
+    if spec.pg_hwpoison is not None:
+        np.copyto(cls, CLASS_HWPOISON, where=_bit(flags, spec.pg_hwpoison))
+    if dump_level & DL_EXCLUDE_USER_DATA:
+        np.copyto(cls, CLASS_USER, where=anon | hugetlb)
+    filecache = cache & ~anon
+    if dump_level & DL_EXCLUDE_CACHE_PRI:
+        np.copyto(cls, CLASS_CACHE + private_flag.view(np.int8), where=filecache)  # CACHE_PRIVATE = CACHE + 1
+    elif dump_level & DL_EXCLUDE_CACHE:
+        np.copyto(cls, CLASS_CACHE, where=filecache & ~private_flag)
+    if dump_level & DL_EXCLUDE_FREE:
+        np.copyto(cls, CLASS_FREE - bad_buddy.view(np.int8), where=buddy)  # bad order: "invalid free page order", kept
 
-    out_cls, new_carry = _apply_blocks(cls, nr, n, start_pfn, carry)
+    nr = np.int64(1) << order
+    if dump_level & DL_EXCLUDE_FREE:
+        free = cls == CLASS_FREE
+        nr[free] = np.int64(1) << buddy_order[free]
+        if spec.unaccepted_mapcount is not None:
+            nr[cls == CLASS_UNACCEPTED] = np.int64(1) << max(max_order - 1, 0)
+
+    sel = np.flatnonzero(cls)
+    out_cls, new_carry = _apply_blocks(cand[sel].astype(np.int64), cand[sel] + nr[sel], cls[sel], n, start_pfn, carry)
 
     # free pages seen whatever the level (self-check): buddy blocks, nested ones ignored
-    fb = ok & buddy & ~bad_buddy
-    idx = np.flatnonzero(fb)
+    fb = buddy & ~bad_buddy
     free_seen = 0
-    if idx.size:
-        ends = idx + (np.int64(1) << buddy_order[idx])
+    if fb.any():
+        idx = cand[fb].astype(np.int64)
+        ends = idx + (np.int64(1) << buddy_order[fb])
         prev = np.concatenate(([-1], np.maximum.accumulate(ends)[:-1]))
         top = idx >= prev
         free_seen = int(np.minimum(ends[top], n).sum() - idx[top].sum())
-    return Classification(out_cls, new_carry, free_seen, int((ok & bad_buddy).sum()))
+    return Classification(out_cls, new_carry, free_seen, int(np.count_nonzero(bad_buddy)))
 
 
-def _apply_blocks(cls: np.ndarray, nr: np.ndarray, n: int, start_pfn: int,
+def _apply_blocks(starts: np.ndarray, ends: np.ndarray, classes: np.ndarray, n: int, start_pfn: int,
                   carry: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """Spread each winning block's class over ``[pfn, pfn + nr)``, skipping blocks inside earlier ones."""
-    cand = np.flatnonzero(cls != CLASS_NONE).astype(np.int64)
-    starts = cand
-    ends = cand + nr[cand]
-    classes = cls[cand]
+    """Spread each winning block's class over ``[start, end)``, skipping blocks inside earlier ones.
+
+    ``starts`` are ascending window offsets of the classified pfns, ``ends``
+    their block ends (``start + nr``).
+    """
+    out = np.zeros(n, dtype=np.int8)
     if carry is not None and carry[0] > start_pfn:
         cend = carry[0] - start_pfn
         starts = np.concatenate(([0], starts))
         ends = np.concatenate(([cend], ends))
         classes = np.concatenate(([carry[1]], classes)).astype(np.int8)
-    out = np.zeros(n, dtype=np.int8)
     if starts.size == 0:
+        return out, None
+    if bool(np.all(ends - starts == 1)):
+        out[starts] = classes  # single pages only: nothing nested, nothing past the window
         return out, None
     prev = np.concatenate(([-1], np.maximum.accumulate(ends)[:-1]))
     inside = starts < prev
@@ -406,14 +476,12 @@ def _apply_blocks(cls: np.ndarray, nr: np.ndarray, n: int, start_pfn: int,
     else:
         active = ~inside
     a_starts, a_ends, a_cls = starts[active], ends[active], classes[active]
-    lengths = np.minimum(a_ends, n) - a_starts
-    # active blocks are disjoint and sorted: paint them with one repeat
-    marks = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(marks, a_starts, 1)
-    np.add.at(marks, np.minimum(a_ends, n), -1)
-    covered = np.cumsum(marks[:n]) > 0
-    block = np.repeat(np.arange(a_starts.size), lengths)
-    out[covered] = a_cls[block]
+    # active blocks are disjoint and sorted, so their (clipped) ends are distinct too:
+    # +class at each start, -class at each end, and a running sum paints them all.
+    d = np.zeros(n + 1, dtype=np.int8)
+    d[a_starts] = a_cls
+    d[np.minimum(a_ends, n)] -= a_cls
+    np.cumsum(d[:n], dtype=np.int8, out=out)
     new_carry = None
     if a_ends.size and int(a_ends[-1]) > n:
         new_carry = (start_pfn + int(a_ends[-1]), int(a_cls[-1]))
