@@ -5,21 +5,23 @@ host's loopback is 10.0.2.2.  The test starts real servers there:
 
 * ``nfs``: nfs-ganesha (userspace, NFSv4 only, no rpcbind) exporting a
   directory; the capture initramfs loads virtio_net and the NFSv4 client,
-  gets an address by DHCP (busybox udhcpc) and ``kdumpkit capture`` mounts the
-  export with busybox ``mount -t nfs4`` and writes a dated dump folder there.
-* ``ssh``: the first target is an NFS server that is not there (nothing
-  listens on its port), so the capture falls back to the second, ssh to a
-  real sshd whose key is restricted to ``kdumpkit receive``; the host key is
-  checked against the known_hosts the image carries.
+  sets the static address of ``[network]`` and ``kdumpkit capture`` mounts
+  the export with busybox ``mount -t nfs4`` and writes a dated dump folder there.
+* ``ssh``: the address comes by DHCP (busybox udhcpc); the first target is an
+  NFS server that is not there (nothing listens on its port), so the capture
+  falls back to the second, ssh to a real sshd whose key is restricted to
+  ``kdumpkit receive``; the host key is checked against the known_hosts the
+  image carries.
 
-Each run is cached per kernel and kdumpkit source hash (like the other e2e
-runs); the exported directory and the receiver's store live in the cache
+Each run is cached per kernel, kdumpkit source hash and configuration (like
+the other e2e runs); the exported directory and the receiver's store live in the cache
 with it, so an unchanged tree does not boot again.  ``KDUMPKIT_LAB_FULL=1``
 is not needed: one bookworm run each, about 1.5 min apiece with TCG.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -89,6 +91,12 @@ device = "/dev/vdb"
 [network]
 drivers = ["virtio_net"]
 wait_seconds = 30
+"""
+#: The NFS run configures the address itself (the ssh run uses DHCP): both ways are booted.
+STATIC = """interface = "eth0"
+address = "10.0.2.15/24"
+gateway = "10.0.2.2"
+dns = ["10.0.2.3"]
 """
 
 
@@ -190,7 +198,8 @@ def _cached_run(name: str, config: str, serve: Any) -> Any:
 
     k = fetch("bookworm")
     base = lab_dir("e2e-network")
-    d = base / f"{name}-{k.cache_key}-{runtime_key()}-v{LAB_FORMAT_VERSION}"
+    h = hashlib.sha256(config.encode()).hexdigest()[:8]
+    d = base / f"{name}-{k.cache_key}-{runtime_key()}-{h}-v{LAB_FORMAT_VERSION}"
     if not (d / ".complete").is_file():
         _lab_tools()
         for old in base.glob(f"{name}-{k.cache_key}-*"):
@@ -219,7 +228,7 @@ def nfs_run() -> Any:
         pytest.skip("ganesha.nfsd not installed (apt-get install nfs-ganesha nfs-ganesha-vfs; make apt)")
     port = _port(NFS_PORT)
     config = CONFIG_HEAD + (f'\n[[target]]\ntype = "nfs"\nserver = "{HOST}:/kdump"\npath = "/crash"\n'
-                            f'mount_options = "port={port}"\n') + RAW_AND_NETWORK
+                            f'mount_options = "port={port}"\n') + RAW_AND_NETWORK + STATIC
 
     @contextmanager
     def serve(d: Path) -> Iterator[None]:
@@ -254,7 +263,7 @@ def test_nfs_dump_folder_is_complete(nfs_run: Any) -> None:
     assert "sysrq triggered crash" in (folder / "dmesg.txt").read_text(errors="replace")
 
 
-def test_nfs_network_came_up_by_dhcp(nfs_run: Any) -> None:
+def test_nfs_network_came_up_with_a_static_address(nfs_run: Any) -> None:
     _d, result = nfs_run
     console = result.console_log.read_text(errors="replace")
     assert "kdumpkit-init: phase=network status=up iface=eth0 address=10.0.2.15/24 gateway=10.0.2.2" in console
@@ -294,8 +303,6 @@ def test_ssh_dump_arrived_complete(ssh_run: Any) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["dmesg.txt", "kallsyms.gz", "manifest.json", "vmcore.flat"]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["target"].startswith(f"ssh:root@{HOST}")
-    import hashlib
-
     flat = folder / "vmcore.flat"
     assert manifest["files"]["vmcore.flat"]["sha256"] == hashlib.sha256(flat.read_bytes()).hexdigest()
     with open_dump(str(flat)) as dump:
@@ -307,6 +314,7 @@ def test_ssh_dump_arrived_complete(ssh_run: Any) -> None:
 def test_dead_nfs_server_falls_back_and_says_why(ssh_run: Any) -> None:
     d, result = ssh_run
     console = result.console_log.read_text(errors="replace")
+    assert "kdumpkit-init: phase=network status=up iface=eth0 address=10.0.2.15/24 gateway=10.0.2.2" in console  # DHCP
     failed = [ln for ln in console.splitlines() if f"nfs:{HOST}:/kdump" in ln and "mount" in ln]
     assert failed, "the console does not say why the NFS target failed"
     manifest = json.loads((_folder(d / "store") / "manifest.json").read_text())
