@@ -18,8 +18,8 @@ HWPoison and logically offline pages are excluded at every level, as
 makedumpfile does.  A pfn whose ``struct page`` cannot be read is kept.
 
 Memory stays bounded whatever the RAM size (makedumpfile's cyclic mode):
-``struct page`` is read ``window_pfns`` at a time (1 MiB per 2^14 pfns with
-a 64-byte struct page), and the result is one **bit per pfn** of
+``struct page`` is read ``window_pfns`` at a time into one reused buffer
+(4 MiB per 2^16 pfns with a 64-byte struct page), and the result is one **bit per pfn** of
 ``max_pfn`` — 32 MiB for 1 TiB of 4 KiB pages — from which the dumped runs
 are derived once.
 """
@@ -46,10 +46,11 @@ __all__ = ["FilteredDump", "filtered", "runs_to_mask", "mask_to_runs"]
 
 log = logging.getLogger("kdumpkit")
 
-#: pfns per ``struct page`` window: 1 MiB of 64-byte struct pages.  Peak RSS
-#: grows with the window (the NumPy temporaries of classify() are a few times
-#: its size: 88 MiB at 2^18 vs 41 MiB at 2^14 on a real 1 GiB 6.1 dump), and
-#: the per-window Python cost is small next to the work above 2^14.
+#: pfns per ``struct page`` window: 4 MiB of 64-byte struct pages, read into
+#: one buffer reused by every window.  classify() makes few temporaries of
+#: window size (bool/int8, plus the candidates' fields), so peak RSS stays
+#: ~46 MiB from 1 to 16 GiB (bench/RESULTS.md), while per-window Python and
+#: NumPy call overhead, which dominated at 2^14, is amortised.
 DEFAULT_WINDOW_PFNS = 1 << 16
 
 COUNT_KEYS = ("cache", "cache_private", "user", "free", "hwpoison", "offline", "unaccepted")
