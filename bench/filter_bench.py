@@ -340,6 +340,7 @@ def grown_elf(src: str, gib: int, path: str) -> None:
     import struct
 
     import numpy as np
+    from run import read_program_headers  # bench/ is the script's directory
 
     from kdumpkit.dump import open_dump
     from kdumpkit.kernel.memory import kernel_memory
@@ -380,12 +381,7 @@ def grown_elf(src: str, gib: int, path: str) -> None:
     sp_bytes = (nsec_new - 8) << 21  # struct pages of the new sections, one 2 MiB page per section
     sp_pa = start + size - sp_bytes
     with open(path, "r+b") as f:
-        ehdr = bytearray(f.read(64))
-        phoff, = struct.unpack_from("<Q", ehdr, 0x20)
-        phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
-        f.seek(phoff)
-        phdrs = [f.read(phentsize) for _ in range(phnum)]
-        loads = [struct.unpack_from("<IIQQQQQQ", p) for p in phdrs if struct.unpack_from("<I", p)[0] == 1]
+        ehdr, phoff, phentsize, phnum, phdrs, loads = read_program_headers(f)
 
         def file_off(pa: int) -> int:
             for _t, _fl, off, _va, paddr, filesz, _m, _a in loads:

@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 ROOT = Path(__file__).resolve().parent.parent
 KDUMPKIT = [sys.executable, "-m", "kdumpkit.cli.main"]
@@ -79,6 +80,21 @@ def synthetic_elf(gib: float, path: Path) -> None:
         write_elf(src, sink)
 
 
+def read_program_headers(f: BinaryIO) -> tuple[bytearray, int, int, int, list[bytes], list[tuple[int, ...]]]:
+    """An ELF64 file's header, e_phoff, e_phentsize, e_phnum, raw program headers and its PT_LOADs unpacked
+    (p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align)."""
+    import struct
+
+    f.seek(0)
+    ehdr = bytearray(f.read(64))
+    phoff, = struct.unpack_from("<Q", ehdr, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
+    f.seek(phoff)
+    phdrs = [f.read(phentsize) for _ in range(phnum)]
+    loads = [struct.unpack_from("<IIQQQQQQ", p) for p in phdrs if struct.unpack_from("<I", p)[0] == 1]
+    return ehdr, phoff, phentsize, phnum, phdrs, loads
+
+
 def sparse_elf(src: Path, gib: int, path: Path) -> None:
     """``src`` (an ELF vmcore) plus one PT_LOAD of zeros up to ``gib`` GiB of RAM, kept as a file hole.
 
@@ -90,12 +106,7 @@ def sparse_elf(src: Path, gib: int, path: Path) -> None:
 
     shutil.copyfile(src, path)
     with open(path, "r+b") as f:
-        ehdr = bytearray(f.read(64))
-        phoff, = struct.unpack_from("<Q", ehdr, 0x20)
-        phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
-        f.seek(phoff)
-        phdrs = [f.read(phentsize) for _ in range(phnum)]
-        loads = [struct.unpack_from("<IIQQQQQQ", p) for p in phdrs if struct.unpack_from("<I", p)[0] == 1]
+        ehdr, phoff, phentsize, phnum, phdrs, loads = read_program_headers(f)
         ram = [ld for ld in loads if ld[4] < (1 << 46)]
         end = max(ld[4] + ld[6] for ld in ram)
         start = max(end, 1 << 32) + (1 << 30) - 1 & ~((1 << 30) - 1)
