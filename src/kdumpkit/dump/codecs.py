@@ -51,11 +51,12 @@ def _zlib_compress_fn() -> Callable[..., bytes]:
         return zlib.compress
 
 
-#: zlib-ng's level 1 is deflate_quick (static Huffman codes): 3x zlib's speed but 4-37 % larger pages
-#: than makedumpfile's ``compress2(..., Z_BEST_SPEED)``; its level 2 is deflate_fast, zlib level 1's
-#: algorithm: the same size (measured on the lab vmcore: 108 MB both, ng1 112 MB) at zlib's speed.
-#: Equal output wins: the throughput comes from the worker processes.
-ZLIB_NG_LEVEL = 2
+#: zlib-ng's level 1 is deflate_quick (static Huffman codes).  Measured on every page of the lab
+#: vmcore (209,672 pages, idle): ng1 1.89 s / 152 MB, ng2 5.55 s / 141 MB, this Python's zlib 1
+#: 22.3 s / 142 MB; makedumpfile -c -d 0 writes the whole dump in 4.6 s, 134 MB.  Level 2 gives
+#: makedumpfile's size but makes one worker 0.7x its speed (bench/RESULTS.md); level 1 is 1.3-1.5x
+#: faster for 5-7 % more bytes (more on very compressible memory).  Speed wins.
+ZLIB_NG_LEVEL = 1
 
 
 def _zlib() -> Codec:
