@@ -105,6 +105,22 @@ class Destination(ABC):
 
 
 # -- local directory -----------------------------------------------------------------------
+def refuse_ram_target(path: str) -> None:
+    """In a capture kernel, a local target must be on a mounted disk: the initramfs root is RAM.
+
+    /init binds each local target's filesystem at its configured path; when
+    that mount failed the path is a plain directory of the RAM root, and a
+    dump written there vanishes at the reboot while the manifest says saved.
+    """
+    from kdumpkit.kexec.status import in_capture_kernel
+    from kdumpkit.setup.blockdev import volatile_fs
+
+    fstype = volatile_fs(path)
+    if fstype is not None and in_capture_kernel():
+        raise OutputError(f"{path} is on the capture kernel's {fstype} (its disk was not mounted): "
+                          "a dump there would be lost at the reboot")
+
+
 class LocalDestination(Destination):
     def __init__(self, target: Target, log: Log | None = None, *, fmt: str = "kdump", base: str | None = None) -> None:
         super().__init__(target, log)
@@ -113,6 +129,7 @@ class LocalDestination(Destination):
         self.dir = ""
 
     def open(self, crash_id: str) -> None:
+        refuse_ram_target(self.base)
         try:
             os.makedirs(self.base, mode=0o700, exist_ok=True)
         except OSError as e:
