@@ -451,3 +451,13 @@ def test_units_quote_values_the_systemd_way() -> None:
     assert 'ExecStart=/usr/local/sbin/kdumpkit load --append "x=1 y=2"' in service
     report = systemd.report_unit("/opt/k d/kdumpkit", "/etc/kdumpkit/kdumpkit.toml", ["/var/crash"])
     assert 'ExecStart="/opt/k d/kdumpkit" setup post-boot --config /etc/kdumpkit/kdumpkit.toml' in report
+
+
+def test_sysctls_without_procps_go_to_proc_sys(tmp_path: Path) -> None:
+    root = make_root(tmp_path, programs=("update-grub", "systemctl"))  # a minimal Debian: no sysctl binary
+    for key in ("panic_on_oops", "unknown_nmi_panic", "softlockup_panic"):
+        (root / f"proc/sys/kernel/{key}").write_text("0\n")
+    result = setup(root=root, runner=FakeRunner(root), live=True, exe=EXE, steps=("sysctl",))
+    assert (root / "proc/sys/kernel/panic_on_oops").read_text() == "1\n"
+    assert int((root / "proc/sys/kernel/sysrq").read_text()) & 8
+    assert any("values written to /proc/sys" in c.target for c in result.changes)
