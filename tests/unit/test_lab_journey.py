@@ -83,10 +83,20 @@ def test_results_disk_is_unpacked(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="no sh")
-@pytest.mark.parametrize("script", [journey.guest_script(), sysimage.FIRSTBOOT_SCRIPT, sysimage.HOOK_SCRIPT])
+@pytest.mark.parametrize("script", [journey.guest_script(), sysimage.FIRSTBOOT_SCRIPT, sysimage.HOOK_SCRIPT,
+                                    *journey.VARIANT_HOOKS.values()])
 def test_guest_scripts_parse(script: str) -> None:
     r = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
+
+
+def test_variants_attach_the_system_disk_their_way(tmp_path: Path) -> None:
+    disk = tmp_path / "s.qcow2"
+    assert "virtio-blk-pci,drive=sysdisk,bootindex=0" in journey.system_drives("default", disk, tmp_path)
+    assert "nvme,drive=sysdisk,serial=sysdisk,bootindex=0" in journey.system_drives("nvme", disk, tmp_path)
+    assert "ide-hd,drive=sysdisk,bus=ahci0.0,bootindex=0" in journey.system_drives("sata", disk, tmp_path)
+    xfs = journey.system_drives("xfs", disk, tmp_path)
+    assert any("serial=dumps" in a for a in xfs) and (tmp_path / "dumps.img").stat().st_size == 4 << 30
 
 
 def test_unknown_variant_and_tool_fail_before_anything_is_built(tmp_path: Path) -> None:
@@ -102,7 +112,7 @@ def test_image_key_follows_the_recipe() -> None:
     a = sysimage.image_key("bookworm", sysimage.PACKAGES)
     assert a == sysimage.image_key("bookworm", tuple(reversed(sysimage.PACKAGES)))
     assert a != sysimage.image_key("trixie", sysimage.PACKAGES)
-    assert a != sysimage.image_key("bookworm", (*sysimage.PACKAGES, "xfsprogs"))
+    assert a != sysimage.image_key("bookworm", (*sysimage.PACKAGES, "lvm2"))
 
 
 def test_customize_writes_what_an_installer_would(tmp_path: Path) -> None:

@@ -40,7 +40,32 @@ from kdumpkit.lab.sysimage import LAB_LABEL, base_image
 from kdumpkit.lab.wheelhouse import build_wheelhouse
 
 Log = Callable[[str], None]
-VARIANTS = ("default",)
+#: Storage layouts and administrator actions (``--variant``): how the system disk is attached, and
+#: shell functions the guest script calls before setup (``pre_setup``) and after the report (``after_report``).
+VARIANT_HOOKS: dict[str, str] = {
+    "default": "",
+    "nvme": "",
+    "sata": "",
+    "xfs": """pre_setup() {  # /var/crash on its own XFS filesystem, as an admin would add it
+    mkfs.xfs -q -f -L dumps /dev/disk/by-id/virtio-dumps && mkdir -p /var/crash &&
+        echo 'LABEL=dumps /var/crash xfs defaults 0 2' >>/etc/fstab && mount /var/crash
+}
+""",
+    "undo": """after_report() {  # kdumpkit setup --undo: boot entry, units and files back to what they were
+    kdumpkit setup --undo --json >$ST/undo.json 2>$ST/undo.err || { mark "fail phase=undo reason=$(tail -n 1 $ST/undo.err)"; return; }
+    left=""
+    for f in /etc/default/grub.d/kdumpkit.cfg /etc/systemd/system/kdumpkit-load.service \
+             /etc/systemd/system/kdumpkit-report.service /etc/kernel/postinst.d/zz-kdumpkit \
+             /etc/sysctl.d/90-kdumpkit.conf; do
+        [ -e "$f" ] && left="$left $f"
+    done
+    grep -q crashkernel /boot/grub/grub.cfg && left="$left grub.cfg:crashkernel"
+    systemctl -q is-enabled kdumpkit-load.service 2>/dev/null && left="$left enabled:kdumpkit-load"
+    [ -z "$left" ] && mark "phase=undo ok" || mark "fail phase=undo reason=left:$left"
+}
+""",
+}
+VARIANTS = tuple(VARIANT_HOOKS)
 TOOLS = ("kdumpkit",)
 MEM_MB = 2560  # the default crashkernel= table (2G-64G:256M) reserves from 2 GiB of RAM on
 RESULTS_SERIAL = "labresults"
@@ -71,12 +96,14 @@ state=$(cat $ST/state 2>/dev/null || echo install)
 mark "boot n=$boots state=$state kernel=$(uname -r)"
 case $state in
 install)
+    [ -e $LAB/variant.sh ] && . $LAB/variant.sh
     mark "phase=install start"
     { python3 -m venv /opt/kdumpkit &&
       /opt/kdumpkit/bin/pip install --no-index --find-links $LAB/wheelhouse kdumpkit &&
       ln -sf /opt/kdumpkit/bin/kdumpkit /usr/local/sbin/kdumpkit; } >$ST/install.log 2>&1 ||
         fail install "$(tail -n 1 $ST/install.log)"
     mark "phase=install done"
+    command -v pre_setup >/dev/null && { pre_setup || fail pre-setup "variant step failed"; }
     mark "phase=setup start"
     kdumpkit setup --json >$ST/setup.json 2>$ST/setup.err || fail setup "$(tail -n 1 $ST/setup.err)"
     mark "phase=setup done"
@@ -110,6 +137,8 @@ crashed)
         sleep 1; i=$((i + 1))
     done
     mark "phase=report unit=$s files=$(ls /var/crash/*/report.txt 2>/dev/null | wc -l)"
+    [ -e $LAB/variant.sh ] && . $LAB/variant.sh
+    command -v after_report >/dev/null && after_report
     echo done >$ST/state
     finish
     ;;
@@ -216,11 +245,22 @@ def overlay(base: Path, path: Path) -> None:
         raise LabError(f"qemu-img create failed: {p.stderr.strip()}")
 
 
-def system_drives(variant: str, disk: Path) -> list[str]:
-    """QEMU arguments attaching the system disk the way ``variant`` has it."""
-    if variant == "default":
-        return ["-drive", f"file={disk},if=virtio,format=qcow2,cache=unsafe"]
-    raise LabError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+def system_drives(variant: str, disk: Path, work: Path) -> list[str]:
+    """QEMU arguments attaching the system disk (and a variant's extra disks) the way ``variant`` has it."""
+    if variant not in VARIANT_HOOKS:
+        raise LabError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+    drive = ["-drive", f"file={disk},if=none,id=sysdisk,format=qcow2,cache=unsafe"]
+    if variant == "nvme":
+        return [*drive, "-device", "nvme,drive=sysdisk,serial=sysdisk,bootindex=0"]
+    if variant == "sata":
+        return [*drive, "-device", "ahci,id=ahci0", "-device", "ide-hd,drive=sysdisk,bus=ahci0.0,bootindex=0"]
+    args = [*drive, "-device", "virtio-blk-pci,drive=sysdisk,bootindex=0"]
+    if variant == "xfs":
+        dumps = work / "dumps.img"
+        with open(dumps, "wb") as f:
+            f.truncate(4 << 30)
+        args += ["-drive", f"file={dumps},if=virtio,format=raw,cache=unsafe,serial=dumps"]
+    return args
 
 
 def extract_results(results: Path, out: Path) -> None:
@@ -284,7 +324,8 @@ def run_journey(*, suite: str = "bookworm", variant: str = "default", tool: str 
     """The whole journey; ``out`` gets journey.json, console.log, var-crash/, report.txt, guest/."""
     if tool not in TOOLS:
         raise LabError(f"unknown tool {tool!r} (known: {', '.join(TOOLS)})")
-    system_drives(variant, Path("x"))  # an unknown variant fails before anything is built
+    if variant not in VARIANT_HOOKS:  # fail before anything is built
+        raise LabError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
     out.mkdir(parents=True, exist_ok=True)
     j = Journey(suite, variant, tool, out)
     img = base_image(suite, accel=accel, log=log)
@@ -295,13 +336,14 @@ def run_journey(*, suite: str = "bookworm", variant: str = "default", tool: str 
     wheels = build_wheelhouse(work / "lab" / "wheelhouse", log)
     log(f"wheelhouse: {len(wheels)} wheels")
     (work / "lab" / "journey").write_text(guest_script())
+    (work / "lab" / "variant.sh").write_text(VARIANT_HOOKS[variant])
     make_lab_disk(work / "lab.img", work / "lab")
     overlay(img.disk, work / "system.qcow2")
     results = work / "results.img"
     with open(results, "wb") as f:
         f.truncate(2 << 30)
     j.accel = choose_accel(accel)
-    extra = [*system_drives(variant, work / "system.qcow2"),
+    extra = [*system_drives(variant, work / "system.qcow2", work),
              "-drive", f"file={work / 'lab.img'},if=virtio,format=raw,readonly=on",
              "-drive", f"file={results},if=virtio,format=raw,cache=unsafe,serial={RESULTS_SERIAL}"]
     vm = VM(VMConfig(None, None, "", MEM_MB, [], j.accel, 2, extra=extra, reboot=True), j.console_log)
@@ -349,6 +391,8 @@ def _judge(j: Journey) -> None:
     needed = ("vmcore", "dmesg.txt", "manifest.json", "report.txt")
     missing = [n for n in needed if not dirs or not (dirs[-1] / n).is_file()]
     done = any(line.startswith("phase=report") for _t, line in j.markers)
+    if j.variant == "undo" and not any(line == "phase=undo ok" for _t, line in j.markers):
+        done = False
     if j.failed_phase is None and done and not missing:
         j.result = "pass"
         return

@@ -47,7 +47,7 @@ Log = Callable[[str], None]
 RECIPE_VERSION = 1
 SUITES = ("bookworm", "trixie")
 PACKAGES = ("systemd-sysv", "linux-image-amd64", "grub-pc", "udev", "kmod", "e2fsprogs", "python3", "python3-venv",
-            "busybox-static", "liblzo2-2")
+            "busybox-static", "liblzo2-2", "xfsprogs")
 DISK_SIZE = 6 << 30
 PART_OFFSET = 1 << 20
 HOSTNAME = "kdumpkit-lab"
@@ -239,13 +239,18 @@ def base_image(suite: str = "bookworm", *, extra_packages: tuple[str, ...] = (),
     work = lab_dir("system") / f".{suite}-{key}.{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    try:
-        rootfs = work / "rootfs"
+    rootfs = lab_dir("system") / f".{suite}-{key}.rootfs"  # kept until the image is complete: a retry reuses it
+    if not (rootfs / ".complete").is_file():
+        shutil.rmtree(rootfs, ignore_errors=True)
         debootstrap(suite, rootfs, packages, log)
+        (rootfs / ".complete").write_text("")
+    try:
         root_uuid = str(uuid.uuid4())
         customize(rootfs, root_uuid)
         disk = work / "disk.raw"
+        (rootfs / ".complete").unlink()
         make_disk(rootfs, disk, root_uuid)
+        (rootfs / ".complete").write_text("")
         console = lab_dir("system") / f"{suite}-{key}.firstboot-console.log"
         release = install_bootloader(work, disk, rootfs, root_uuid, accel, console, log)
         shutil.rmtree(rootfs)
