@@ -15,7 +15,7 @@ define tier
 	$(PYTEST) $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "(no tests in $(1))"; rc=0; fi; exit $$rc
 endef
 
-.PHONY: all bootstrap apt venv test test-unit test-interop test-e2e test-lab-full fuzz lint typecheck demo bench clean
+.PHONY: all bootstrap apt venv wheelhouse test test-unit test-interop test-e2e test-lab-full fuzz lint typecheck demo bench clean
 
 all: test
 
@@ -35,6 +35,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
+
+# What an administrator installs from on a machine without network (README: "Installing it").
+wheelhouse: bootstrap
+	$(BIN)/python -m pip wheel -q -w dist/wheelhouse .
 
 test: bootstrap
 	@$(MAKE) --no-print-directory test-unit

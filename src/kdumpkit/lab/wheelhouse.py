@@ -65,5 +65,5 @@ def build_wheelhouse(out: Path, log: Log = lambda m: None) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     for w in dependency_wheels(log).glob("*.whl"):
         shutil.copyfile(w, out / w.name)
-    _pip_wheel(["--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(source_root())], "kdumpkit")
+    _pip_wheel(["--no-deps", "--wheel-dir", str(out), str(source_root())], "kdumpkit")
     return sorted(p.name for p in out.glob("*.whl"))
