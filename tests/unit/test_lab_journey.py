@@ -84,7 +84,7 @@ def test_results_disk_is_unpacked(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="no sh")
 @pytest.mark.parametrize("script", [journey.guest_script(), sysimage.FIRSTBOOT_SCRIPT, sysimage.HOOK_SCRIPT,
-                                    *journey.VARIANT_HOOKS.values()])
+                                    *journey.VARIANT_HOOKS.values(), *journey.TOOL_HOOKS.values()])
 def test_guest_scripts_parse(script: str) -> None:
     r = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr

@@ -66,7 +66,41 @@ VARIANT_HOOKS: dict[str, str] = {
 """,
 }
 VARIANTS = tuple(VARIANT_HOOKS)
-TOOLS = ("kdumpkit",)
+
+#: What each kdump tool does in the guest script: install, configure, the unit that loads the
+#: capture kernel at boot, its status command, and what happens after the capture reboot.
+TOOL_HOOKS: dict[str, str] = {
+    "kdumpkit": """LOAD_UNIT=kdumpkit-load.service
+tool_install() {  # the README's way: a venv and the wheelhouse
+    python3 -m venv /opt/kdumpkit &&
+        /opt/kdumpkit/bin/pip install --no-index --find-links $LAB/wheelhouse kdumpkit &&
+        ln -sf /opt/kdumpkit/bin/kdumpkit /usr/local/sbin/kdumpkit
+}
+tool_setup() { kdumpkit setup --json; }
+tool_status() { kdumpkit status --json; }
+tool_after_capture() {  # kdumpkit-report.service writes report.txt next to the dump
+    i=0
+    while [ $i -lt 900 ]; do
+        s=$(systemctl show -p ActiveState --value kdumpkit-report.service)
+        [ "$s" = activating ] || { ls /var/crash/*/report.txt >/dev/null 2>&1 && break; }
+        [ "$s" = failed ] && break
+        sleep 1; i=$((i + 1))
+    done
+}
+""",
+    "kdump-tools": """LOAD_UNIT=kdump-tools.service
+tool_install() { dpkg -s kdump-tools | grep '^Version'; }  # installed with the image, as apt would
+tool_setup() {  # Debian's documented steps: USE_KDUMP=1, crashkernel= from its grub drop-in
+    sed -i 's/^USE_KDUMP=.*/USE_KDUMP=1/' /etc/default/kdump-tools && update-grub
+}
+tool_status() { kdump-config status; }
+tool_after_capture() { :; }  # kdump-tools writes no report
+""",
+}
+TOOLS = tuple(TOOL_HOOKS)
+#: Image differences per tool: packages installed after the kernel (kdump-tools' kernel hook would
+#: otherwise run mkinitramfs in the chroot and fail).
+TOOL_IMAGE: dict[str, dict[str, tuple[str, ...]]] = {"kdump-tools": {"late_packages": ("kdump-tools",)}}
 MEM_MB = 2560  # the default crashkernel= table (2G-64G:256M) reserves from 2 GiB of RAM on
 RESULTS_SERIAL = "labresults"
 TOTAL_TIMEOUT = 2400
@@ -94,18 +128,16 @@ fail() { mark "fail phase=$1 reason=$2"; finish; exit 1; }
 boots=$(($(cat $ST/boots 2>/dev/null || echo 0) + 1)); echo $boots >$ST/boots
 state=$(cat $ST/state 2>/dev/null || echo install)
 mark "boot n=$boots state=$state kernel=$(uname -r)"
+[ -e $LAB/tool.sh ] && . $LAB/tool.sh
+[ -e $LAB/variant.sh ] && . $LAB/variant.sh
 case $state in
 install)
-    [ -e $LAB/variant.sh ] && . $LAB/variant.sh
     mark "phase=install start"
-    { python3 -m venv /opt/kdumpkit &&
-      /opt/kdumpkit/bin/pip install --no-index --find-links $LAB/wheelhouse kdumpkit &&
-      ln -sf /opt/kdumpkit/bin/kdumpkit /usr/local/sbin/kdumpkit; } >$ST/install.log 2>&1 ||
-        fail install "$(tail -n 1 $ST/install.log)"
+    tool_install >$ST/install.log 2>&1 || fail install "$(tail -n 1 $ST/install.log)"
     mark "phase=install done"
     command -v pre_setup >/dev/null && { pre_setup || fail pre-setup "variant step failed"; }
     mark "phase=setup start"
-    kdumpkit setup --json >$ST/setup.json 2>$ST/setup.err || fail setup "$(tail -n 1 $ST/setup.err)"
+    tool_setup >$ST/setup.out 2>$ST/setup.err || fail setup "$(tail -n 1 $ST/setup.err)"
     mark "phase=setup done"
     echo armed >$ST/state; sync
     mark "phase=reboot"
@@ -114,30 +146,25 @@ install)
 armed)
     i=0
     while [ $i -lt 900 ]; do
-        s=$(systemctl show -p ActiveState --value kdumpkit-load.service)
+        s=$(systemctl show -p ActiveState --value $LOAD_UNIT)
         case $s in active|failed|inactive) [ "$s" != inactive ] || [ $i -gt 60 ] && break ;; esac
         sleep 1; i=$((i + 1))
     done
     mark "phase=loaded unit=$s crash_size=$(cat /sys/kernel/kexec_crash_size) loaded=$(cat /sys/kernel/kexec_crash_loaded)"
-    kdumpkit status --json >$ST/status.json 2>$ST/status.err
+    tool_status >$ST/status.out 2>$ST/status.err
     mark "phase=status rc=$?"
     [ "$(cat /sys/kernel/kexec_crash_loaded)" = 1 ] || fail load "capture kernel not loaded (unit $s)"
-    echo crashed >$ST/state; sync
+    echo crashed >$ST/state; date +%s >$ST/crash-epoch; sync
     mark "phase=crash"
     echo c >/proc/sysrq-trigger
     sleep 60; fail crash "still running after SysRq-c"
     ;;
 crashed)
     mark "phase=back"
-    i=0
-    while [ $i -lt 900 ]; do
-        s=$(systemctl show -p ActiveState --value kdumpkit-report.service)
-        [ "$s" = activating ] || { ls /var/crash/*/report.txt >/dev/null 2>&1 && break; }
-        [ "$s" = failed ] && break
-        sleep 1; i=$((i + 1))
-    done
-    mark "phase=report unit=$s files=$(ls /var/crash/*/report.txt 2>/dev/null | wc -l)"
-    [ -e $LAB/variant.sh ] && . $LAB/variant.sh
+    newest=$(find /var/crash -type f -printf '%T@\n' 2>/dev/null | sort -n | tail -n 1)
+    mark "phase=files crash_epoch=$(cat $ST/crash-epoch) newest=${newest%.*} count=$(find /var/crash -type f | wc -l)"
+    tool_after_capture
+    mark "phase=report files=$(ls /var/crash/*/report.txt 2>/dev/null | wc -l)"
     command -v after_report >/dev/null && after_report
     echo done >$ST/state
     finish
@@ -214,6 +241,13 @@ def phase_table(markers: list[tuple[float, str]]) -> list[dict[str, Any]]:
         t0, t1 = first(start), first(end)
         if t0 is not None and t1 is not None and t1 >= t0:
             rows.append({"name": name, "start": round(t0, 1), "end": round(t1, 1), "seconds": round(t1 - t0, 1)})
+    files = next((line for _t, line in markers if line.startswith("phase=files")), "")
+    got = dict(re.findall(r"(\w+)=(\d+)", files))
+    if not any(r["name"] == "panic-to-dump-on-disk" for r in rows) and "crash_epoch" in got and "newest" in got:
+        # A tool without console markers in its capture kernel: the guest's clock, from the crash to its
+        # newest file in /var/crash (whole seconds).
+        rows.append({"name": "panic-to-dump-on-disk", "seconds": float(int(got["newest"]) - int(got["crash_epoch"])),
+                     "clock": "guest"})
     return rows
 
 
@@ -328,7 +362,7 @@ def run_journey(*, suite: str = "bookworm", variant: str = "default", tool: str 
         raise LabError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
     out.mkdir(parents=True, exist_ok=True)
     j = Journey(suite, variant, tool, out)
-    img = base_image(suite, accel=accel, log=log)
+    img = base_image(suite, accel=accel, log=log, **TOOL_IMAGE.get(tool, {}))
     j.release, j.image_build_seconds = img.release, img.build_seconds
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -337,6 +371,7 @@ def run_journey(*, suite: str = "bookworm", variant: str = "default", tool: str 
     log(f"wheelhouse: {len(wheels)} wheels")
     (work / "lab" / "journey").write_text(guest_script())
     (work / "lab" / "variant.sh").write_text(VARIANT_HOOKS[variant])
+    (work / "lab" / "tool.sh").write_text(TOOL_HOOKS[tool])
     make_lab_disk(work / "lab.img", work / "lab")
     overlay(img.disk, work / "system.qcow2")
     results = work / "results.img"
@@ -367,6 +402,11 @@ def run_journey(*, suite: str = "bookworm", variant: str = "default", tool: str 
     return j
 
 
+#: What a crash folder must hold per tool (a name, or a name plus a suffix such as kdump-tools'
+#: ``dump.202612031400``).
+NEEDED_FILES = {"kdumpkit": ("vmcore", "dmesg.txt", "manifest.json", "report.txt"), "kdump-tools": ("dump", "dmesg")}
+
+
 def _judge(j: Journey) -> None:
     """Pass: every phase ran, and /var/crash holds a dump with its dmesg, manifest and report."""
     crash = j.out / "var-crash"
@@ -388,8 +428,9 @@ def _judge(j: Journey) -> None:
         report = dirs[-1] / "report.txt"
         if report.is_file():
             shutil.copyfile(report, j.out / "report.txt")
-    needed = ("vmcore", "dmesg.txt", "manifest.json", "report.txt")
-    missing = [n for n in needed if not dirs or not (dirs[-1] / n).is_file()]
+    needed = NEEDED_FILES[j.tool]
+    have = {f.name for f in dirs[-1].iterdir()} if dirs else set()
+    missing = [n for n in needed if not any(h == n or h.startswith(n + ".") for h in have)]
     done = any(line.startswith("phase=report") for _t, line in j.markers)
     if j.variant == "undo" and not any(line == "phase=undo ok" for _t, line in j.markers):
         done = False

@@ -117,9 +117,9 @@ class SystemImage:
     build_seconds: float = 0.0
 
 
-def image_key(suite: str, packages: tuple[str, ...]) -> str:
+def image_key(suite: str, packages: tuple[str, ...], late_packages: tuple[str, ...] = ()) -> str:
     text = json.dumps([RECIPE_VERSION, suite, sorted(packages), FIRSTBOOT_SCRIPT, HOOK_SCRIPT, HOOK_UNIT,
-                       GRUB_DEFAULTS, MASKED])
+                       GRUB_DEFAULTS, MASKED] + ([sorted(late_packages)] if late_packages else []))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -174,10 +174,14 @@ def make_disk(rootfs: Path, disk: Path, root_uuid: str) -> None:
           "-E", f"offset={PART_OFFSET},nodiscard", "-d", str(rootfs), str(disk), str(blocks)], "mkfs.ext4 -d")
 
 
-def debootstrap(suite: str, rootfs: Path, packages: tuple[str, ...], log: Log) -> None:
+def debootstrap(suite: str, rootfs: Path, packages: tuple[str, ...], log: Log,
+                late_packages: tuple[str, ...] = ()) -> None:
+    """``mmdebstrap`` the suite; ``late_packages`` go in with a second apt-get, after the kernel is installed."""
     mirrors = [line for line in host_mirrors().sources_list(suite).splitlines() if line.strip()]
-    log(f"mmdebstrap {suite}: {' '.join(packages)}")
-    _run(["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}", "--skip=output/dev",
+    log(f"mmdebstrap {suite}: {' '.join(packages)}" + (f" then {' '.join(late_packages)}" if late_packages else ""))
+    hooks = [f'--customize-hook=chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q '
+             f'{" ".join(late_packages)}'] if late_packages else []
+    _run(["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}", "--skip=output/dev", *hooks,
           suite, str(rootfs), *mirrors], f"mmdebstrap {suite}", timeout=1800)
 
 
@@ -222,13 +226,13 @@ def install_bootloader(workdir: Path, disk: Path, rootfs: Path, root_uuid: str, 
     return release
 
 
-def base_image(suite: str = "bookworm", *, extra_packages: tuple[str, ...] = (), accel: str = "auto",
-               log: Log = lambda m: None) -> SystemImage:
+def base_image(suite: str = "bookworm", *, extra_packages: tuple[str, ...] = (),
+               late_packages: tuple[str, ...] = (), accel: str = "auto", log: Log = lambda m: None) -> SystemImage:
     """The cached installed system for ``suite`` (built when missing: a few minutes under TCG)."""
     if suite not in SUITES:
         raise LabError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
     packages = tuple(dict.fromkeys(PACKAGES + extra_packages))
-    key = image_key(suite, packages)
+    key = image_key(suite, packages, late_packages)
     final = lab_dir("system") / f"{suite}-{key}"
     meta = final / "image.json"
     if meta.is_file() and (final / "disk.raw").is_file():
@@ -242,7 +246,7 @@ def base_image(suite: str = "bookworm", *, extra_packages: tuple[str, ...] = (),
     rootfs = lab_dir("system") / f".{suite}-{key}.rootfs"  # kept until the image is complete: a retry reuses it
     if not (rootfs / ".complete").is_file():
         shutil.rmtree(rootfs, ignore_errors=True)
-        debootstrap(suite, rootfs, packages, log)
+        debootstrap(suite, rootfs, packages, log, late_packages)
         (rootfs / ".complete").write_text("")
     try:
         root_uuid = str(uuid.uuid4())
