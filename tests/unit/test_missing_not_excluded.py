@@ -346,3 +346,15 @@ def test_avml_block_cut_short_is_missing(tmp_path: Path) -> None:
     with open_dump(str(_broken_avml(tmp_path))) as d:
         assert d.missing_runs() == [(0, 64)] and d.page_state(3) is PageState.MISSING
         assert d.page_counts()["missing"] == 64
+
+
+def test_peer_reading_elf_output_faults_on_missing_pages(tmp_path: Path) -> None:
+    """drgn (libdrgn's ELF reader) sees a missing page as unreadable, not as zeros."""
+    drgn = pytest.importorskip("drgn")
+    src = synthetic_dump(ram=[(0, 64)], missing=[(40, 44)], vmcoreinfo="")
+    core = _write_elf(src, tmp_path / "core")
+    prog = drgn.Program()
+    prog.set_core_dump(str(core))
+    assert prog.read(10 * PS, 8, True) == bytes(src.read_page(10))[:8]
+    with pytest.raises(drgn.FaultError):
+        prog.read(41 * PS, 8, True)
