@@ -358,3 +358,19 @@ def test_peer_reading_elf_output_faults_on_missing_pages(tmp_path: Path) -> None
     assert prog.read(10 * PS, 8, True) == bytes(src.read_page(10))[:8]
     with pytest.raises(drgn.FaultError):
         prog.read(41 * PS, 8, True)
+
+
+@pytest.mark.parametrize("fmt", [*MARKING, *REFUSING])
+def test_incomplete_input_with_unknown_missing_pages(tmp_path: Path, fmt: str) -> None:
+    """Flagged incomplete but no page known missing (an ELF e_flags bit, an LKCD without END): the flag survives."""
+    src = _source()
+    src.incomplete = True
+    out = tmp_path / f"out.{fmt}"
+    if fmt == "lime":
+        with pytest.raises(DumpError, match="which pages are missing is unknown"):
+            convert(src, str(out), fmt)
+        assert _leftovers(tmp_path, "out.") == []
+        return
+    convert(src, str(out), fmt)
+    with open_dump(str(out)) as d:
+        assert d.incomplete and d.missing_runs() == []

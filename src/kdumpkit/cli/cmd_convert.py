@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(result)
     elif out != "-":
         print(f"{out}: {stats.format}, {stats.pages_written} pages written, {stats.excluded_pages} excluded, "
-              f"{stats.bytes_written} bytes", file=sys.stderr)
+              + (f"{missing} missing, " if missing else "") + f"{stats.bytes_written} bytes", file=sys.stderr)
         if stats.extra.get("crash_options"):
             print(f"kdumpkit: LKCD carries no VMCOREINFO; open it with: crash {stats.extra['crash_options']} "
                   f"VMLINUX {out}", file=sys.stderr)
