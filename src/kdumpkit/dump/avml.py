@@ -216,9 +216,13 @@ def _blocks_of(source: Dump, batch_pages: int) -> list[tuple[int, int]]:
 def write_avml(source: Dump, sink: Sink, *, compress: bool = True, progress: Progress | None = None) -> WriteStats:
     """Write ``source`` as AVML does: 16 MiB blocks, all-zero blocks skipped, snappy-framed if ``compress``.
 
-    Excluded and missing pages are not RAM to AVML; notes are dropped (the
-    stats say how many).
+    Excluded pages are not RAM to AVML; notes are dropped (the stats say how
+    many).  AVML cannot say "missing" or "incomplete": an incomplete source is
+    refused (:mod:`kdumpkit.dump.missing`).
     """
+    from kdumpkit.dump.missing import check_recordable
+
+    check_recordable(source, "avml")
     ps = source.page_size
     per_block = MAX_BLOCK_SIZE // ps
     blocks = _blocks_of(source, per_block)

@@ -14,7 +14,7 @@ kdump, flat    INCOMPLETE status bit       2nd-bitmap bit set, page descriptor e
 elf            ``e_flags`` bit 0           a PT_LOAD whose data starts at end of file
 raw            ``incomplete`` line         ``Missing`` lines in ``IMAGE.memmap``
 lkcd           no END record               (cannot)
-lime           (cannot)                    (cannot)
+lime, avml     (cannot)                    (cannot)
 =============  ==========================  ==========================================
 """
 
@@ -33,8 +33,9 @@ RECORDS: dict[str, tuple[bool, bool]] = {
     "raw": (True, True),
     "lkcd": (True, False),
     "lime": (False, False),
+    "avml": (False, False),
 }
-CAN_RECORD = ", ".join(f for f, (flag, pages) in RECORDS.items() if flag and pages)
+CAN_RECORD = ", ".join(f for f, (flag, pages) in RECORDS.items() if flag and pages)  # kdump, flat, elf, raw
 
 
 def check_recordable(source: Dump, fmt: str) -> None:
