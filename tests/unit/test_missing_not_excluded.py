@@ -374,3 +374,18 @@ def test_incomplete_input_with_unknown_missing_pages(tmp_path: Path, fmt: str) -
     convert(src, str(out), fmt)
     with open_dump(str(out)) as d:
         assert d.incomplete and d.missing_runs() == []
+
+
+def test_split_pieces_record_missing_pages() -> None:
+    from kdumpkit.dump.fileio import BytesSource
+    from kdumpkit.dump.kdump import KdumpFile
+    from kdumpkit.dump.sink import MemorySink
+    from kdumpkit.dump.split import SplitDump, write_kdump_split
+
+    src = synthetic_dump(ram=[(0, 3000)], excluded=[(100, 200)], missing=[(250, 300), (1500, 1510), (2990, 3000)])
+    sinks = [MemorySink() for _ in range(3)]
+    write_kdump_split(src, sinks)
+    d = SplitDump([KdumpFile(BytesSource(bytes(s.buf))) for s in sinks])
+    assert d.incomplete and d.missing_runs() == src.missing_runs()
+    assert d.page_counts() == {"ram": 3000, "dumped": 2830, "excluded": 100, "missing": 70}
+    assert assert_kept_pages_equal(src, d) == 2830
