@@ -96,7 +96,7 @@ def test_variants_attach_the_system_disk_their_way(tmp_path: Path) -> None:
     assert "nvme,drive=sysdisk,serial=sysdisk,bootindex=0" in journey.system_drives("nvme", disk, tmp_path)
     assert "ide-hd,drive=sysdisk,bus=ahci0.0,bootindex=0" in journey.system_drives("sata", disk, tmp_path)
     xfs = journey.system_drives("xfs", disk, tmp_path)
-    assert any("serial=dumps" in a for a in xfs) and (tmp_path / "dumps.img").stat().st_size == 4 << 30
+    assert "virtio-blk-pci,drive=dumps,serial=dumps" in xfs and (tmp_path / "dumps.img").stat().st_size == 4 << 30
 
 
 def test_unknown_variant_and_tool_fail_before_anything_is_built(tmp_path: Path) -> None:

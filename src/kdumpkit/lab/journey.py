@@ -293,7 +293,8 @@ def system_drives(variant: str, disk: Path, work: Path) -> list[str]:
         dumps = work / "dumps.img"
         with open(dumps, "wb") as f:
             f.truncate(4 << 30)
-        args += ["-drive", f"file={dumps},if=virtio,format=raw,cache=unsafe,serial=dumps"]
+        args += ["-drive", f"file={dumps},if=none,id=dumps,format=raw,cache=unsafe",
+                 "-device", "virtio-blk-pci,drive=dumps,serial=dumps"]
     return args
 
 
@@ -380,7 +381,8 @@ def run_journey(*, suite: str = "bookworm", variant: str = "default", tool: str 
     j.accel = choose_accel(accel)
     extra = [*system_drives(variant, work / "system.qcow2", work),
              "-drive", f"file={work / 'lab.img'},if=virtio,format=raw,readonly=on",
-             "-drive", f"file={results},if=virtio,format=raw,cache=unsafe,serial={RESULTS_SERIAL}"]
+             "-drive", f"file={results},if=none,id=results,format=raw,cache=unsafe",
+             "-device", f"virtio-blk-pci,drive=results,serial={RESULTS_SERIAL}"]
     vm = VM(VMConfig(None, None, "", MEM_MB, [], j.accel, 2, extra=extra, reboot=True), j.console_log)
     t_start = time.monotonic()
     vm.start(work)
