@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import kdumpkit
 from kdumpkit.capture import session
 from kdumpkit.dump import open_dump
 from kdumpkit.dump.testing import assert_same_pages, synthetic_dump
@@ -33,6 +34,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh client not installed"),
 ]
 KDUMPKIT = str(Path(sys.executable).with_name("kdumpkit"))
+SRC = Path(kdumpkit.__file__).resolve().parents[1]  # the receiver under test, not whatever the venv installed
 LOG = b"[    1.000000] synthetic kernel log\n"
 
 
@@ -48,6 +50,12 @@ class Server:
     def __init__(self, root: Path, port: int, key: Path, store: Path) -> None:
         self.root, self.port, self.key, self.store = root, port, key, store
 
+    def force(self, *receiver_options: str) -> None:
+        """(Re)install the client key restricted to ``kdumpkit receive STORE [options]`` (the server's policy)."""
+        pub = (self.root / "client.pub").read_text().strip()
+        line = " ".join([KDUMPKIT, "receive", str(self.store), *receiver_options])
+        (self.root / "authorized_keys").write_text(f'command="{line}",restrict {pub}\n')
+
 
 @pytest.fixture()
 def sshd(tmp_path: Path) -> Iterator[Server]:
@@ -59,14 +67,14 @@ def sshd(tmp_path: Path) -> Iterator[Server]:
     store = tmp_path / "store"
     for name in ("host", "client"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
-    pub = (root / "client.pub").read_text().strip()
-    (root / "authorized_keys").write_text(f'command="{KDUMPKIT} receive {store}",restrict {pub}\n')
     port = _free_port()
+    server = Server(root, port, root / "client", store)
+    server.force()
     (root / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host'}\nPidFile {root / 'pid'}\n"
         f"AuthorizedKeysFile {root / 'authorized_keys'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
         f"KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n"
-        f"SetEnv PATH=/usr/sbin:/usr/bin:/sbin:/bin\n")
+        f"SetEnv PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONPATH={SRC}\n")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stderr=subprocess.PIPE)
     try:
@@ -80,7 +88,7 @@ def sshd(tmp_path: Path) -> Iterator[Server]:
                     err = proc.stderr.read().decode() if proc.stderr else ""
                     pytest.skip(f"sshd did not start: {err.strip()[:300]}")
                 time.sleep(0.1)
-        yield Server(root, port, root / "client", store)
+        yield server
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -116,11 +124,14 @@ def test_capture_over_ssh(sshd: Server) -> None:
     assert m["files"]["vmcore.flat"]["sha256"] == hashlib.sha256((folder / "vmcore.flat").read_bytes()).hexdigest()
     with open_dump(str(folder / "vmcore.flat")) as d:
         assert_same_pages(src, d)
-    # retention on the receiving side: three more crashes, keep two
+    # retention is the receiving side's policy (the forced command's), never the client's [keep]
+    session.capture(loads_config(_config(sshd, "[keep]\ncount = 1\n")), src, action=acts.append, now=time.time() + 5)
+    assert len(list(sshd.store.iterdir())) == 2
+    sshd.force("--keep-count", "2")
     for i in range(3):
         session.capture(loads_config(_config(sshd, "[keep]\ncount = 2\n")), src, action=acts.append,
                         now=time.time() + 10 + i)
-    assert len(list(sshd.store.iterdir())) == 2 and acts == ["reboot"] * 4
+    assert len(list(sshd.store.iterdir())) == 2 and acts == ["reboot"] * 5
 
 
 def test_restricted_key_runs_only_the_receiver(sshd: Server) -> None:

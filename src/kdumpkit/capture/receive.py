@@ -33,7 +33,7 @@ import shlex
 import shutil
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import BinaryIO
 
 from kdumpkit.capture.naming import CRASH_ID, host_of, is_crash_id
@@ -361,7 +361,8 @@ def _store(folder_fd: int, folder: str, req: argparse.Namespace, stdin: BinaryIO
     except OSError as e:
         err = _oserror(f"writing {part}", e)
         if isinstance(err, NoSpaceError):  # the client retries at the next dump level: make room for it
-            os.unlink(req.name + PART, dir_fd=folder_fd)
+            with suppress(OSError):
+                os.unlink(req.name + PART, dir_fd=folder_fd)
         raise err from None
     except OutputError as e:
         raise OutputError(f"{req.name}: {e}; kept as {part}") from None

@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     except KdumpkitError as e:
         print(f"kdumpkit receive: {e}", file=sys.stderr)
         return exit_code_for(e)
+    except OSError as e:  # facing the network: never a traceback, whatever the filesystem said
+        print(f"kdumpkit receive: {e.strerror or e}", file=sys.stderr)
+        return 1
     if req.probe:
         print(f"kdumpkit-receive ok free={free_bytes(args.directory)} crash-id={result}")
     return 0
