@@ -58,7 +58,7 @@ _SIZE = re.compile(r"[0-9]{1,15}\Z")
 def add_policy_options(p: argparse.ArgumentParser) -> None:
     """The server's retention options: given to ``kdumpkit receive DIR`` in authorized_keys only."""
     p.add_argument("--keep-count", type=int, default=0, metavar="N", help="keep N crash folders per host")
-    p.add_argument("--keep-age-days", type=float, default=0.0, metavar="DAYS", help="remove a host's older folders")
+    p.add_argument("--keep-age-days", type=float, default=0.0, metavar="DAYS", help="remove a host's folders older than DAYS")
     p.add_argument("--keep-size", default="0", metavar="SIZE", help="a host's folders may total SIZE (e.g. 20G)")
 
 
@@ -254,14 +254,21 @@ def _open_own_dir(parent_fd: int, name: str, where: str) -> int:
     return fd
 
 
+def _new_dir(base_fd: int, base: str, name: str) -> bool:
+    """mkdir 0700 in ``base_fd``: True if made now, False if something is there already."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=base_fd)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise _oserror(f"cannot create {os.path.join(base, name)}", e) from None
+    _sync_dir(base_fd)
+    return True
+
+
 def open_folder(base_fd: int, base: str, crash_id: str) -> int:
     """The crash folder, created now or by an earlier session of the same crash (then checked)."""
-    try:
-        os.mkdir(crash_id, 0o700, dir_fd=base_fd)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise _oserror(f"cannot create {os.path.join(base, crash_id)}", e) from None
+    _new_dir(base_fd, base, crash_id)
     return _open_own_dir(base_fd, crash_id, os.path.join(base, crash_id))
 
 
@@ -273,16 +280,8 @@ def reserve_folder(base_fd: int, base: str, crash_id: str) -> str:
     """
     for n in range(MAX_FOLDERS):
         name = crash_id if n == 0 else f"{crash_id}.{n}"
-        if not is_crash_id(name):
-            break
-        try:
-            os.mkdir(name, 0o700, dir_fd=base_fd)
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise _oserror(f"cannot create {os.path.join(base, name)}", e) from None
-        _sync_dir(base_fd)
-        return name
+        if is_crash_id(name) and _new_dir(base_fd, base, name):
+            return name
     raise OutputError(f"no free crash folder name for {crash_id} in {base}")
 
 
