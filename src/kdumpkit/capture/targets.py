@@ -45,6 +45,8 @@ from kdumpkit.capture.retention import apply_retention
 from kdumpkit.dump.base import Buffer
 from kdumpkit.dump.sink import Sink
 from kdumpkit.errors import KdumpkitError, NoSpaceError, OutputError, UsageError
+from kdumpkit.kexec.status import in_capture_kernel
+from kdumpkit.setup.blockdev import volatile_fs
 from kdumpkit.setup.config import Keep, Target
 from kdumpkit.structs import Struct
 
@@ -113,9 +115,6 @@ def refuse_ram_target(path: str) -> None:
     that mount failed the path is a plain directory of the RAM root, and a
     dump written there vanishes at the reboot while the manifest says saved.
     """
-    from kdumpkit.kexec.status import in_capture_kernel
-    from kdumpkit.setup.blockdev import volatile_fs
-
     fstype = volatile_fs(path)
     if fstype is not None and in_capture_kernel():
         raise OutputError(f"{path} is on the capture kernel's {fstype} (its disk was not mounted): "
