@@ -209,6 +209,7 @@ def filter_source(source: Dump, level: int, *, selfcheck: bool = True) -> tuple[
     the kernel's page metadata (:mod:`kdumpkit.capture.filter`).
     """
     if level & ~1 == 0:
+        source.dumped_runs()  # a source without a page map fails here, before an output exists
         return source, bool(level & 1), {}, None
     try:
         from kdumpkit.capture.filter import filtered  # type: ignore[import-not-found,unused-ignore]
@@ -264,7 +265,7 @@ class LevelChain:
                 self.filter_error = e
                 if self.opts.unfiltered_fallback and not self.wrote and self._last() and 0 not in self.levels:
                     self.levels.append(0)
-                self._left(level, f"page filter failed: {describe_failure(e)}")
+                self._left(level, f"{_stage(level)} failed: {describe_failure(e)}")
                 continue
             self.wrote = True
             yield Attempt(level, layer, exclude_zero, counts, check, t0)
@@ -277,9 +278,10 @@ class LevelChain:
         return len(self.tried) >= len(self.levels)
 
     def _left(self, level: int, why: str) -> None:
+        if self._last():  # the last failure is not "left behind": it is the error give_up() raises
+            return
         self.fallbacks.append(f"dump level {level}: {why}")
-        if not self._last():  # said only when there is a next level: a last failure is the error itself
-            self.say(f"dump level {level}: {why}; trying dump level {self.levels[len(self.tried)]}")
+        self.say(f"dump level {level}: {why}; trying dump level {self.levels[len(self.tried)]}")
 
     def give_up(self, what: str) -> NoReturn:
         """Every level failed: ENOSPC wins (the output is the problem), else the last filter error."""
@@ -288,7 +290,13 @@ class LevelChain:
         e = self.filter_error
         if isinstance(e, KdumpkitError):
             raise e
-        raise KernelError(f"page filter failed at dump level {self.tried[-1]}: {describe_failure(e)}") from e
+        level = self.tried[-1]
+        raise KernelError(f"{_stage(level)} failed at dump level {level}: {describe_failure(e)}") from e
+
+
+def _stage(level: int) -> str:
+    """What runs before the writer: the page filter, or (levels 0/1) only the source's own page map."""
+    return "page filter" if level & ~1 else "reading the source"
 
 
 def describe_failure(e: BaseException | None) -> str:

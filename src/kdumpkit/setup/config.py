@@ -260,7 +260,7 @@ def check_printable(value: object, where: str) -> None:
             raise ConfigError(f"{where}: control character {bad!r} in {value[:60]!r}")
     elif isinstance(value, dict):
         for k, v in value.items():
-            check_printable(k, f"{where}: key")
+            check_printable(k, f"{where}: key" if where else "key")
             check_printable(v, f"{where}.{k}" if where else str(k))
     elif isinstance(value, list):
         for i, v in enumerate(value):
