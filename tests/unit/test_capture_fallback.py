@@ -24,14 +24,14 @@ from test_filter import populated
 
 import kdumpkit.dump
 from kdumpkit.capture import session
-from kdumpkit.capture.engine import SaveOptions, save_to_file
+from kdumpkit.capture.engine import SaveOptions, save_dump, save_to_file
 from kdumpkit.capture.targets import LocalDestination
-from kdumpkit.cli.main import main
+from kdumpkit.cli.main import build_parser, main
 from kdumpkit.dump import open_dump
 from kdumpkit.dump.base import Buffer, Dump
 from kdumpkit.dump.convert import convert
 from kdumpkit.dump.testing import SyntheticDump, assert_same_pages, synthetic_dump
-from kdumpkit.errors import BadDumpError, KernelError
+from kdumpkit.errors import BadDumpError, KernelError, NoSpaceError
 from kdumpkit.kernel.testing import SparseDump
 from kdumpkit.setup.config import Target, loads_config
 
@@ -46,6 +46,7 @@ BAD_FACTS = [
     ("NUMBER(PG_lru)", "-1"), ("NUMBER(PG_lru)", "64"), ("NUMBER(PG_head_mask)", "-1"),
     ("OFFSET(page.mapping)", "100000"), ("OFFSET(page.mapping)", "-3"),
     ("SIZE(mem_section)", "8192"), ("SIZE(mem_section)", "0"), ("LENGTH(zone.free_area)", "-1"),
+    ("NUMBER(SECTION_SIZE_BITS)", "13"), ("NUMBER(MAX_PHYSMEM_BITS)", "200"),
 ]
 FACT_IDS = [f"{k}={v}" for k, v in BAD_FACTS]
 
@@ -64,7 +65,12 @@ def bad_dump(key: str, value: str) -> SparseDump:
 
 
 def use_source(monkeypatch: pytest.MonkeyPatch, dump: Dump) -> None:
-    """``kdumpkit save`` opens ``dump`` whatever path it is given (no 20 MB file per case)."""
+    """``kdumpkit save`` opens ``dump`` whatever path it is given (no 20 MB file per case).
+
+    The CLI modules are imported first: one that imports ``open_dump`` at
+    module level while it is patched would keep the patch for later tests.
+    """
+    build_parser()
     monkeypatch.setattr(kdumpkit.dump, "open_dump", lambda path: dump)
 
 
@@ -128,6 +134,23 @@ def test_save_filter_bug_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert main(["save", "-d", "31", "/proc/vmcore", str(tmp_path / "out")]) == KernelError.exit_code
     err = capsys.readouterr().err
     assert err == "kdumpkit: page filter failed at dump level 31: RuntimeError: boom\n"
+
+
+def test_bad_self_check_facts_are_bounded(tmp_path: Path) -> None:
+    """``LENGTH(node_data)=2^40`` once looped over 2^40 node numbers; now the self-check says why it did not run."""
+    script = textwrap.dedent("""\
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        from test_filter import populated
+        from kdumpkit.capture.filter import filtered
+        m = populated()
+        m.k.keys["LENGTH(node_data)"] = str(1 << 40)
+        print(filtered(m.dump(), 31).selfcheck_result.message)
+    """)
+    p = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("not checked: implausible VMCOREINFO LENGTH(node_data)=1099511627776")
 
 
 # -- kdumpkit capture: never nothing ------------------------------------------------------------
@@ -197,6 +220,19 @@ def test_unreadable_everything_is_dmesg_only(tmp_path: Path, source: type[Dump])
     assert m["status"] == "dmesg-only" and "dump" not in m
     assert any("dump level 31: page filter failed" in p for p in m["problems"])  # no SIZE(page) here
     assert any("Input/output error" in p for p in m["problems"]), m["problems"]
+
+
+def test_filter_failing_after_a_full_disk_is_listed(tmp_path: Path) -> None:
+    """``-d 1,31``: level 1 runs out of space, level 31 cannot be filtered: both reasons reach the caller."""
+    from test_save import limited_output
+
+    fallbacks: list[str] = []
+    source = bad_dump("SIZE(page)", "0")
+    with pytest.raises(NoSpaceError, match="dump levels tried: 1, 31"):
+        save_dump(source, lambda: limited_output(str(tmp_path / "out"), 100_000, []),
+                  SaveOptions(dump_levels=(1, 31), unfiltered_fallback=True), fallbacks=fallbacks)
+    assert len(fallbacks) == 2 and "dump level 1: no space left" in fallbacks[0] and "SIZE(page)=0" in fallbacks[1]
+    assert not list(tmp_path.iterdir())
 
 
 # -- EFBIG: a file-size limit is "no space" ----------------------------------------------------

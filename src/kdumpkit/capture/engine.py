@@ -254,6 +254,7 @@ class LevelChain:
         self.wrote = False  # an attempt reached the writer: an unfiltered copy would only be bigger
         self.filter_error: Exception | None = None
         self.space_error: NoSpaceError | None = None
+        self.last_was_space = False
 
     def __iter__(self) -> Iterator[Attempt]:
         for level in self.levels:  # the list may grow while iterating: that is the unfiltered copy
@@ -263,6 +264,7 @@ class LevelChain:
                 layer, exclude_zero, counts, check = filter_source(self.source, level, selfcheck=self.opts.selfcheck)
             except Exception as e:  # a filter bug must cost the level, never the dump
                 self.filter_error = e
+                self.last_was_space = False
                 if self.opts.unfiltered_fallback and not self.wrote and self._last() and 0 not in self.levels:
                     self.levels.append(0)
                 self._left(level, f"{_stage(level)} failed: {describe_failure(e)}")
@@ -272,19 +274,25 @@ class LevelChain:
 
     def no_space(self, level: int, e: NoSpaceError) -> None:
         self.space_error = e
+        self.last_was_space = True
         self._left(level, f"{e}: partial output removed")
 
     def _last(self) -> bool:
         return len(self.tried) >= len(self.levels)
 
     def _left(self, level: int, why: str) -> None:
-        if self._last():  # the last failure is not "left behind": it is the error give_up() raises
-            return
         self.fallbacks.append(f"dump level {level}: {why}")
-        self.say(f"dump level {level}: {why}; trying dump level {self.levels[len(self.tried)]}")
+        if not self._last():  # a last failure is not announced: it is the error give_up() raises
+            self.say(f"dump level {level}: {why}; trying dump level {self.levels[len(self.tried)]}")
 
     def give_up(self, what: str) -> NoReturn:
-        """Every level failed: ENOSPC wins (the output is the problem), else the last filter error."""
+        """Every level failed: ENOSPC wins (the output is the problem), else the last filter error.
+
+        The last level's reason leaves ``fallbacks`` when the raised error
+        says the same thing, so a manifest lists each reason once.
+        """
+        if self.space_error is None or self.last_was_space:
+            self.fallbacks.pop()
         if self.space_error is not None:
             raise NoSpaceError(f"{what} (dump levels tried: {', '.join(map(str, self.tried))})")
         e = self.filter_error
@@ -303,7 +311,7 @@ def describe_failure(e: BaseException | None) -> str:
     """One line for an error; unexpected exceptions keep their type (and their traceback goes to the log)."""
     if isinstance(e, KdumpkitError):
         return str(e)
-    logger.debug("unexpected error in the page filter", exc_info=e)
+    logger.debug("unexpected %s", type(e).__name__, exc_info=e)
     return f"{type(e).__name__}: {e}" if e is not None else "unknown error"
 
 

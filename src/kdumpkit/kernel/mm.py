@@ -61,6 +61,7 @@ multiple of the section size, so it is at least 64-byte aligned and masking
 six bits never drops an address bit."""
 
 _X86_64_SECTION_SIZE_BITS = 27
+_MIN_SECTION_SIZE_BITS = 20
 _X86_64_MAX_PHYSMEM_BITS = {False: 46, True: 52}
 _MAX_PHYS_CHUNK = 1 << 24  # read physical memory in blocks of at most 16 MiB
 STRUCT_PAGE_MIN, STRUCT_PAGE_MAX = 16, 1024
@@ -285,8 +286,10 @@ def _sparsemem(kmem: KernelMemory, dump: Dump, info: VmcoreInfo, size: int, max_
                            kmem.pointer_size, sec_size)
     page_shift = (kmem.page_size).bit_length() - 1
     l5 = info.number("pgtable_l5_enabled") == 1
+    # every architecture's sections are 2^24..2^30 bytes; below 2^20 the section table alone would
+    # need gigabytes on a large machine (an OOM kill in the capture kernel instead of an error)
     ssb = plausible("NUMBER(SECTION_SIZE_BITS)", info.number("SECTION_SIZE_BITS") or _X86_64_SECTION_SIZE_BITS,
-                    page_shift + 1, 63)
+                    max(page_shift + 1, _MIN_SECTION_SIZE_BITS), 63)
     mpb = plausible("NUMBER(MAX_PHYSMEM_BITS)", info.number("MAX_PHYSMEM_BITS") or _X86_64_MAX_PHYSMEM_BITS[l5],
                     ssb + 1, 64)
     pfn_shift = ssb - page_shift
