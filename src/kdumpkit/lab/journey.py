@@ -120,6 +120,7 @@ collect() {
     cp -r /etc/default/grub.d $ST/grub.d 2>/dev/null
     grep -h crashkernel /boot/grub/grub.cfg >$ST/grub-cfg-crashkernel.txt 2>/dev/null
     ls -la /var/lib/kdumpkit >$ST/var-lib-kdumpkit.txt 2>&1
+    ls -laR /var/crash >$ST/var-crash-ls.txt 2>&1
     i=0; while [ ! -b $RESULTS ] && [ $i -lt 30 ]; do sleep 1; i=$((i + 1)); done
     tar -C / -cf $RESULTS var/crash var/lib/kdumpkit-lab && sync
 }
