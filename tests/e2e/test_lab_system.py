@@ -78,3 +78,20 @@ def test_dump_in_var_crash_opens_in_the_peers(journey_dir: Path, tmp_path: Path)
 
 def test_report_after_the_reboot_names_the_crash(journey_dir: Path) -> None:
     assert "sysrq_handle_crash" in (journey_dir / "report.txt").read_text()
+
+
+FULL = __import__("os").environ.get("KDUMPKIT_LAB_FULL") == "1"
+
+
+@pytest.mark.skipif(not FULL, reason="every variant and kdump-tools: KDUMPKIT_LAB_FULL=1 (about 15 min each with TCG)")
+@pytest.mark.parametrize(("variant", "tool"), [("nvme", "kdumpkit"), ("sata", "kdumpkit"), ("xfs", "kdumpkit"),
+                                               ("undo", "kdumpkit"), ("default", "kdump-tools")])
+def test_variant_journey(variant: str, tool: str, tmp_path: Path) -> None:
+    from kdumpkit.lab.journey import failure_line, run_journey
+
+    j = run_journey(suite="bookworm", variant=variant, tool=tool, out=tmp_path / "j", log=print)
+    assert j.result == "pass", failure_line(j)
+    crash = _crash_dir(tmp_path / "j")
+    dump = next(p for p in crash.iterdir() if p.name == "vmcore" or p.name.startswith("dump."))
+    r = subprocess.run(["crash", "--osrelease", str(dump)], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == j.release, r.stderr
