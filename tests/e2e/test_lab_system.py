@@ -12,6 +12,7 @@ kdumpkit source hash (a fresh machine, like CI, always runs it).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -80,7 +81,7 @@ def test_report_after_the_reboot_names_the_crash(journey_dir: Path) -> None:
     assert "sysrq_handle_crash" in (journey_dir / "report.txt").read_text()
 
 
-FULL = __import__("os").environ.get("KDUMPKIT_LAB_FULL") == "1"
+FULL = os.environ.get("KDUMPKIT_LAB_FULL") == "1"
 
 
 @pytest.mark.skipif(not FULL, reason="every variant and kdump-tools: KDUMPKIT_LAB_FULL=1 (about 15 min each with TCG)")
