@@ -107,3 +107,19 @@ def test_validation_messages(text: str, message: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(str(tmp_path / "nope.toml"))
+
+
+def test_other_tools_configs_point_to_config_import(tmp_path: Path) -> None:
+    conf = tmp_path / "kdump.conf"
+    conf.write_text("# kdump.conf\npath /var/crash\ncore_collector makedumpfile -l --message-level 7 -d 31\n")
+    with pytest.raises(ConfigError, match="looks like kdump-utils' kdump.conf: translate it with kdumpkit config import"):
+        load_config(str(conf))
+    tools = tmp_path / "kdump-tools"
+    tools.write_text('USE_KDUMP=1\nKDUMP_COREDIR="/var/crash"\nMAKEDUMP_ARGS="-c -d 31"\n')
+    with pytest.raises(ConfigError, match="Debian's /etc/default/kdump-tools"):
+        load_config(str(tools))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("dump_level = = 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(bad))
+    assert "config import" not in str(e.value)

@@ -484,15 +484,32 @@ def parse_config(data: dict[str, Any]) -> Config:
                   selfcheck=selfcheck, keep=keep, network=network, extra=extra)
 
 
+#: First words of kdump-utils' kdump.conf directives, and Debian kdump-tools' shell variables.
+_KDUMP_CONF_WORDS = frozenset({"path", "core_collector", "ext4", "xfs", "raw", "nfs", "ssh", "sshkey", "failure_action",
+                               "default", "final_action", "kdump_pre", "kdump_post", "extra_modules", "extra_bins",
+                               "dracut_args", "auto_reset_crashkernel", "force_rebuild", "force_no_rebuild"})
+_KDUMP_TOOLS_RE = re.compile(r"^\s*(USE_KDUMP|KDUMP_[A-Z_]+|MAKEDUMP_ARGS|SSH|NFS)=", re.M)
+
+
+def foreign_format_hint(text: str) -> str:
+    """A hint when a file that is not TOML is another tool's kdump configuration."""
+    if _KDUMP_TOOLS_RE.search(text):
+        return " (this looks like Debian's /etc/default/kdump-tools: translate it with kdumpkit config import)"
+    words = {ln.split()[0] for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")}
+    if words and words <= _KDUMP_CONF_WORDS:
+        return " (this looks like kdump-utils' kdump.conf: translate it with kdumpkit config import)"
+    return ""
+
+
 def loads_config(text: str, name: str = "<config>") -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{name}: {e}") from None
+        raise ConfigError(f"{name}: {e}{foreign_format_hint(text)}") from None
     try:
         return parse_config(data)
     except ConfigError as e:
-        raise ConfigError(f"{name}: {e}") from None
+        raise ConfigError(f"{name}: {e}{foreign_format_hint(text)}") from None
 
 
 def load_config(path: str) -> Config:
