@@ -123,6 +123,7 @@ collect() {
     grep -h crashkernel /boot/grub/grub.cfg >$ST/grub-cfg-crashkernel.txt 2>/dev/null
     ls -la /var/lib/kdumpkit >$ST/var-lib-kdumpkit.txt 2>&1
     ls -laR /var/crash >$ST/var-crash-ls.txt 2>&1
+    systemd-analyze blame --no-pager >$ST/blame.txt 2>&1
     i=0; while [ ! -b $RESULTS ] && [ $i -lt 30 ]; do sleep 1; i=$((i + 1)); done
     tar -C / -cf $RESULTS var/crash var/lib/kdumpkit-lab && sync
 }
