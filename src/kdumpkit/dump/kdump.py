@@ -972,9 +972,10 @@ def _encoded(source: Dump, runs: list[tuple[int, int]], codec_name: str | None, 
         pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="kdump-encode")
 
         def submit(pfn: int, n: int) -> concurrent.futures.Future[Window | None]:
-            # the window's buffer stays valid while the thread reads it: sources hand out fresh bytes or
-            # views of a read-only mapping (MappedFile only drops mapped pages, which fault back in)
-            return pool.submit(encode_window, codec_name, ps, source._read_dumped(pfn, n), share_zero, 0, -1, byteorder)
+            # A copy, made here: a view of MappedFile's mapping read later by a thread would fault its pages
+            # in after MappedFile's periodic MADV_DONTNEED had passed them, and RSS would grow with the
+            # dump (measured: 289 MiB on the 860 MB lab dump, 67 MiB with this 1 MiB copy per window).
+            return pool.submit(encode_window, codec_name, ps, bytes(source._read_dumped(pfn, n)), share_zero, 0, -1, byteorder)
     else:
         import multiprocessing
 
