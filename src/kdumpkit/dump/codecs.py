@@ -37,8 +37,6 @@ class Codec:
     decompress: Callable[[bytes, int], bytes]
     #: many pages at once: ``map`` straight over the library's C function, no Python frame per page
     compress_many: Callable[[list[bytes]], list[bytes]] | None = None
-    #: the level the writer passes to the native core (which calls the same library)
-    level: int = 0
 
     def compress_pages(self, pages: list[bytes]) -> list[bytes]:
         """Compress each page (the writers' hot loop: one call per batch)."""
@@ -53,11 +51,13 @@ class Codec:
 ZLIB_LEVEL = 1
 #: makedumpfile -z: ``ZSTD_compressCCtx(.., 1)``
 ZSTD_LEVEL = 1
+#: the level of each codec that has one; the kdump writer's native core calls the same libraries with these
+LEVELS = {"zlib": ZLIB_LEVEL, "zstd": ZSTD_LEVEL}
 
 
 def _zlib() -> Codec:
     return Codec("zlib", FLAG_ZLIB, lambda b: zlib.compress(b, ZLIB_LEVEL), _zlib_decompress,
-                 lambda pages: list(map(zlib.compress, pages, repeat(ZLIB_LEVEL))), level=ZLIB_LEVEL)
+                 lambda pages: list(map(zlib.compress, pages, repeat(ZLIB_LEVEL))))
 
 
 def _zlib_decompress(data: bytes, size: int) -> bytes:
@@ -104,7 +104,6 @@ def _zstd() -> Codec:
         cctx.compress,
         lambda d, n: dctx.decompress(d, max_output_size=n),
         lambda pages: list(map(cctx.compress, pages)),
-        level=ZSTD_LEVEL,
     )
 
 

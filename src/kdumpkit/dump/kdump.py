@@ -787,8 +787,8 @@ def encode_window(codec_name: str | None, page_size: int, data: Buffer, share_ze
     nat = _native_for(codec_name)
     if nat is None:
         return _encode_window_py(codec_name, page_size, data, share_zero, base, zero_off, byteorder)
-    c = codecs.codec(codec_name) if codec_name else None
-    blob, descs, zeros = nat.encode(c.flag if c else 0, c.level if c else 0, page_size, data, share_zero, base,
+    flag = codecs.codec(codec_name).flag if codec_name else 0
+    blob, descs, zeros = nat.encode(flag, codecs.LEVELS.get(codec_name or "", 0), page_size, data, share_zero, base,
                                     zero_off, byteorder == ">")
     return blob, descs, zeros
 
