@@ -4,8 +4,8 @@
 Each case runs both commands on the same input file, alternating, ``--repeat``
 times (best kept: the machine is shared), after warming the page cache with
 one read of the input (so neither pays the first read).  For each command it
-records wall time, CPU time, peak RSS (GNU time, that child only) and output
-size, and writes the ratios to ``bench/RESULTS.md``; "vs mdf's fastest"
+records wall time, CPU time (user + system: what a loaded machine disturbs
+least), peak RSS (GNU time, that child only) and output size, and writes the ratios to ``bench/RESULTS.md``; "vs mdf's fastest"
 compares with makedumpfile's best thread count on that case.  Start-up
 (interpreter, imports, parser) is timed on its own first; ``--python-core``
 adds rows run with the C writer core disabled.
@@ -91,6 +91,7 @@ def startup_rows(repeat: int) -> list[str]:
     try:
         for name, cmd in [("python -c pass (floor)", [sys.executable, "-c", "pass"]),
                           *[(f"kdumpkit {c} --help", [*KDUMPKIT, c, "--help"]) for c in ("save", "dmesg", "info")],
+                          ("kdumpkit --help (imports every sub-command)", [*KDUMPKIT, "--help"]),
                           ("makedumpfile --help", ["makedumpfile", "--help"])]:
             m, _ = best_of(repeat, (cmd, [tmp / "out"]), None)
             rows.append(f"| {name} | {m.wall:.3f} | {m.cpu:.2f} | {m.rss_mib:.0f} |")
@@ -217,13 +218,13 @@ def bench_row(name: str, a: Measure, b: Measure | None, mdf_fastest: float | Non
     """One table row; ``mdf_fastest`` is makedumpfile's best time on this case at any thread count."""
     if b is None:
         flag = "" if a.rc == 0 else f" (rc {a.rc})"
-        return f"| {name}{flag} | {a.wall:.2f} | — | — | — | — | — | — | {a.rss_mib:.0f} | — |"
+        return f"| {name}{flag} | {a.wall:.2f} | — | — | — | — | — | — | {a.rss_mib:.0f} | — | {a.cpu:.2f} | — |"
     ratio = b.wall / a.wall if a.wall else float("nan")
     best = (mdf_fastest or b.wall) / a.wall if a.wall else float("nan")
     sratio = a.out_bytes / b.out_bytes if b.out_bytes else float("nan")
     flag = "" if a.rc == 0 and b.rc == 0 else f" (rc {a.rc}/{b.rc})"
     return (f"| {name}{flag} | {a.wall:.2f} | {b.wall:.2f} | {ratio:.2f}× | {best:.2f}× | {a.out_bytes / 1e6:.1f} | "
-            f"{b.out_bytes / 1e6:.1f} | {sratio:.3f} | {a.rss_mib:.0f} | {b.rss_mib:.0f} |")
+            f"{b.out_bytes / 1e6:.1f} | {sratio:.3f} | {a.rss_mib:.0f} | {b.rss_mib:.0f} | {a.cpu:.2f} | {b.cpu:.2f} |")
 
 
 def main() -> int:
@@ -278,7 +279,8 @@ def main() -> int:
             size_mb = vmcore.stat().st_size / 1e6
             lines += [f"### {label} ({size_mb:.0f} MB ELF)", "",
                       "| case | kdumpkit s | makedumpfile s | time ratio (mdf/ours) | vs mdf's fastest | kdumpkit MB | "
-                      "mdf MB | size ratio | kdumpkit RSS MiB | mdf RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+                      "mdf MB | size ratio | kdumpkit RSS MiB | mdf RSS MiB | kdumpkit CPU s | mdf CPU s |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             fastest: dict[str, float] = {}  # makedumpfile's best time per case without the worker count
             for name, ours_cmd, mdf_cmd, o1, o2 in cases(vmcore, tmpdir, workers, real=not label.startswith("synth"),
                                                            sparse=sparse):
