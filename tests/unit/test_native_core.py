@@ -171,3 +171,9 @@ def test_threads_are_used_for_native_codecs() -> None:
     src = synthetic_dump(ram=[(0, 600)])
     stats = write_kdump(src, MemorySink(), codec="lzo", workers=2)
     assert stats.extra["core"] == "native" and stats.extra["parallel"] == "threads" and stats.extra["workers"] == 2
+
+
+def test_raw_copies_report_one_worker() -> None:
+    """Uncompressed pages without zero sharing are copied, never encoded: no pool runs."""
+    stats = write_kdump(synthetic_dump(ram=[(0, 300)]), MemorySink(), codec=None, workers=2)
+    assert stats.extra["parallel"] == "serial" and stats.extra["workers"] == 1

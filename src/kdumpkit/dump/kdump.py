@@ -933,10 +933,11 @@ def _in_order(submit: Callable[[int, int], concurrent.futures.Future[Window | No
             fut.cancel()
 
 
-def _parallel_mode(source: Dump, codec_name: str | None, workers: int) -> str:
+def _parallel_mode(source: Dump, codec_name: str | None, share_zero: bool, workers: int) -> str:
     """How ``workers > 1`` run: "threads" (native core, any source), "processes" (Python codecs; a
-    reopenable source, or zlib, the one codec slow enough to pay for shipping pages), or "serial"."""
-    if workers <= 1:
+    reopenable source, or zlib, the one codec slow enough to pay for shipping pages), or "serial"
+    (also raw pages with nothing to look at: they are copied, not encoded)."""
+    if workers <= 1 or (codec_name is None and not share_zero):
         return "serial"
     if _native_for(codec_name) is not None:
         return "threads"
@@ -959,7 +960,7 @@ def _encoded(source: Dump, runs: list[tuple[int, int]], codec_name: str | None, 
     if codec_name is None and not share_zero:
         yield from _raw_pages(source, runs, base, byteorder)
         return
-    mode = _parallel_mode(source, codec_name, workers)
+    mode = _parallel_mode(source, codec_name, share_zero, workers)
     if mode == "serial":
         for pfn, n in _batch_ranges(runs, BATCH_PAGES):
             blob, descs, zeros = encode_window(codec_name, ps, source._read_dumped(pfn, n), share_zero, base, zero_off,
@@ -1137,7 +1138,7 @@ def write_kdump_piece(
         done += n
         if progress is not None:
             progress(done, total)
-    mode = _parallel_mode(source, codec, workers)
+    mode = _parallel_mode(source, codec, share_zero, workers)
     # Complete now — unless the source itself lacks pages: those are not "excluded".
     header["status"] = flag | (FLAG_INCOMPLETE if source.incomplete else 0)
     sink.pwrite(0, hs.pack(header))
