@@ -177,3 +177,28 @@ def test_raw_copies_report_one_worker() -> None:
     """Uncompressed pages without zero sharing are copied, never encoded: no pool runs."""
     stats = write_kdump(synthetic_dump(ram=[(0, 300)]), MemorySink(), codec=None, workers=2)
     assert stats.extra["parallel"] == "serial" and stats.extra["workers"] == 1
+
+
+@needs_native
+def test_encode_releases_the_gil() -> None:
+    """While a thread compresses a big window, this thread keeps running Python.
+
+    A C call holding the GIL would stop it for the whole call (a one-call
+    ``sum(range(..))`` in the thread gives a gap of ~100 % of its duration);
+    released, the longest pause here is a scheduling blip.
+    """
+    import threading
+    import time
+
+    data = random.Random(9).randbytes(16 * 1024 * 1024)  # 4096 pages that deflate slowly
+    t = threading.Thread(target=encode_window, args=("zlib", PS, data, False, 0, -1, "<"))
+    t0 = last = time.perf_counter()  # before the start: a call holding the GIL from its first moment shows too
+    t.start()
+    gap = 0.0
+    while t.is_alive():
+        now = time.perf_counter()
+        gap, last = max(gap, now - last), now
+    end = time.perf_counter()  # the loop only resumes once a GIL-holding call has returned
+    t.join()
+    gap = max(gap, end - last)
+    assert gap < 0.5 * (end - t0)
