@@ -751,8 +751,8 @@ def native_core() -> Any | None:
     """The compiled page loop (``_native.c``), or None: not built here, or ``KDUMPKIT_NATIVE=0``.
 
     Both paths write identical bytes (tests/unit/test_native_core.py); the
-    native one is 3-10x faster per page and releases the GIL, so the writer
-    can compress windows in threads.
+    native one makes no Python call per page and releases the GIL, so the
+    writer can compress windows in threads (bench/RESULTS.md has figures).
     """
     if os.environ.get("KDUMPKIT_NATIVE", "1") == "0":
         return None
