@@ -6,7 +6,7 @@ VENV      := .venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
 APT_PKGS  := qemu-system-x86 qemu-utils busybox-static kexec-tools makedumpfile crash cpio \
-             liblzo2-dev zstd kmod gcc python3-dev time openssh-server openssh-client \
+             liblzo2-dev zlib1g-dev libzstd-dev zstd kmod gcc python3-dev time openssh-server openssh-client \
              nfs-ganesha nfs-ganesha-vfs mmdebstrap fdisk
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # pytest exits 5 when a tier selects no test; that is not a failure here.

@@ -1,8 +1,11 @@
 """Per-page codecs of the kdump-compressed format.
 
 The flag values are the ``page_desc.flags`` / header ``status`` bits that
-makedumpfile defines.  Compressors are chosen for speed (zlib-ng or isal when
-installed, both produce streams stock zlib inflates); every codec is looked up
+makedumpfile defines.  Compressors call the libraries makedumpfile calls, at
+its levels, so pages come out as makedumpfile writes them (zlib, lzo, zstd;
+snappy through cramjam's own implementation).  The kdump writer's hot loop
+uses the native core (``_native.c``) for the same work; these are its
+pure-Python twin and the readers' decompressors.  Every codec is looked up
 lazily so a missing optional library only fails the dumps that need it.
 """
 
@@ -42,28 +45,19 @@ class Codec:
         return list(map(self.compress, pages))
 
 
-def _zlib_compress_fn() -> Callable[..., bytes]:
-    try:
-        from zlib_ng import zlib_ng  # type: ignore[import-not-found,import-untyped,unused-ignore]
-
-        return zlib_ng.compress
-    except ImportError:
-        return zlib.compress
-
-
-#: zlib-ng's level 1 is deflate_quick (static Huffman codes).  Measured on every page of the lab
-#: vmcore (209,672 pages, idle): ng1 1.89 s / 152 MB, ng2 5.55 s / 141 MB, this Python's zlib 1
-#: 22.3 s / 142 MB; makedumpfile -c -d 0 writes the whole dump in 4.6 s, 134 MB.  Level 2 gives
-#: makedumpfile's size but makes one worker 0.7x its speed (bench/RESULTS.md); level 1 is 1.3-1.5x
-#: faster for 5-7 % more bytes (more on very compressible memory).  Speed wins.
-ZLIB_NG_LEVEL = 1
+#: makedumpfile -c: ``compress2(.., Z_BEST_SPEED)`` (a reused deflate stream, same bytes).  Through the
+#: same zlib at the same level our pages are byte-identical to makedumpfile's; the speed comes from
+#: the native core compressing windows in parallel threads, not from a weaker level (issue #17).
+ZLIB_LEVEL = 1
+#: makedumpfile -z: ``ZSTD_compressCCtx(.., 1)``
+ZSTD_LEVEL = 1
+#: the level of each codec that has one; the kdump writer's native core calls the same libraries with these
+LEVELS = {"zlib": ZLIB_LEVEL, "zstd": ZSTD_LEVEL}
 
 
 def _zlib() -> Codec:
-    fn = _zlib_compress_fn()
-    level = ZLIB_NG_LEVEL if fn is not zlib.compress else 1
-    return Codec("zlib", FLAG_ZLIB, lambda b: fn(b, level), _zlib_decompress,
-                 lambda pages: list(map(fn, pages, repeat(level))))
+    return Codec("zlib", FLAG_ZLIB, lambda b: zlib.compress(b, ZLIB_LEVEL), _zlib_decompress,
+                 lambda pages: list(map(zlib.compress, pages, repeat(ZLIB_LEVEL))))
 
 
 def _zlib_decompress(data: bytes, size: int) -> bytes:
@@ -102,7 +96,7 @@ def _zstd() -> Codec:
         import zstandard  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError as e:
         raise UnsupportedCompressionError("zstd (install zstandard)") from e
-    cctx = zstandard.ZstdCompressor(level=1)
+    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)  # content size in the frame, no checksum: as ZSTD_compressCCtx
     dctx = zstandard.ZstdDecompressor()
     return Codec(
         "zstd",

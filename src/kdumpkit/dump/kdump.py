@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
+import importlib
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -632,11 +635,12 @@ def _inside(off: int, size: int, area: tuple[int, int]) -> bool:
 # Writer
 # =============================================================================
 
-BATCH_PAGES = 256  # pages per compression job: 1 MiB of 4 KiB pages amortises IPC and call overhead
-# Codecs slow enough for a process pool to pay off.  Measured on 2 cores, 1 GiB synthetic dump
-# (see write_kdump): zlib 27.5k -> 47.8k pages/s with 2 processes, but lzo 84k -> 51k and
-# zstd 63k -> 31k (pickling 1 MiB batches both ways costs more than compressing them).
-# Threads are not used: the zstandard compressor object is not thread-safe (it crashed).
+BATCH_PAGES = 256  # pages per window (one native call, one job): 1 MiB of 4 KiB pages amortises call overhead
+# Without the native core: codecs slow enough for a process pool to pay off when pages must be shipped.
+# Measured on 2 cores, 1 GiB synthetic dump: zlib 27.5k -> 47.8k pages/s with 2 processes, but lzo
+# 84k -> 51k and zstd 63k -> 31k (pickling 1 MiB batches both ways costs more than compressing them).
+# The Python codecs are not run in threads: python-lzo holds the GIL, and the zstandard compressor
+# object is not thread-safe (it crashed).  The native core has neither problem: it uses threads.
 PARALLEL_CODECS = frozenset({"zlib"})
 
 
@@ -726,44 +730,106 @@ def _int_or(value: str | None, default: int) -> int:
         return default
 
 
-def encode_batch(codec_name: str | None, page_size: int, data: bytes, share_zero: bool) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
-    """Compress a batch of pages: (blob, sizes, flags, zero mask).
+#: One encoded window: (page data to write, its packed ``page_desc`` records, how many pages were all zero).
+Window = tuple[bytes, bytes, int]
 
-    Module-level so a process pool can run it.  Pages that are all zero get
-    size 0 in ``sizes`` when ``share_zero`` (the caller points them at the
-    shared zero page); a page whose compressed form is not strictly smaller
-    than the page is stored raw (flags 0), as makedumpfile does.
+
+@functools.cache
+def native_core() -> Any | None:
+    """The compiled page loop (``_native.c``), or None: not built here, or ``KDUMPKIT_NATIVE=0``.
+
+    Both paths write identical bytes (tests/unit/test_native_core.py); the
+    native one makes no Python call per page and releases the GIL, so the
+    writer can compress windows in threads (bench/RESULTS.md has figures).
     """
+    if os.environ.get("KDUMPKIT_NATIVE", "1") == "0":
+        return None
+    try:  # by module name, so a failed build (sys.modules entry None in the tests) reads as missing
+        return importlib.import_module("kdumpkit.dump._native")
+    except ImportError:
+        return None
+
+
+def _native_for(codec_name: str | None) -> Any | None:
+    """The native core when it was built with this codec (snappy never is: see docs/ARCHITECTURE.md)."""
+    nat = native_core()
+    flag = codecs.codec(codec_name).flag if codec_name else 0
+    return nat if nat is not None and flag in nat.CODECS else None
+
+
+@functools.cache
+def _desc_dtype(byteorder: str) -> np.dtype[Any]:
+    return np_dtype(PAGE_DESC.with_byteorder(byteorder))
+
+
+def encode_window(codec_name: str | None, page_size: int, data: Buffer, share_zero: bool, base: int, zero_off: int,
+                  byteorder: str) -> Window:
+    """Encode whole pages as makedumpfile writes them; the data goes at file offset ``base``.
+
+    Each page is compressed unless its compressed form is not strictly
+    smaller (then stored raw, flags 0, as makedumpfile does); with
+    ``share_zero`` an all-zero page is not stored and its descriptor points
+    at ``zero_off`` instead.  One native call when the core is built (no GIL
+    held), else the same in Python and NumPy.
+    """
+    nat = _native_for(codec_name)
+    if nat is None:
+        return _encode_window_py(codec_name, page_size, data, share_zero, base, zero_off, byteorder)
+    flag = codecs.codec(codec_name).flag if codec_name else 0
+    blob, descs, zeros = nat.encode(flag, codecs.LEVELS.get(codec_name or "", 0), page_size, data, share_zero, base,
+                                    zero_off, byteorder == ">")
+    return blob, descs, zeros
+
+
+def _encode_window_py(codec_name: str | None, page_size: int, data: Buffer, share_zero: bool, base: int,
+                      zero_off: int, byteorder: str) -> Window:
+    """The pure-Python twin of ``_native.encode`` (the fallback, and the reference the tests compare with)."""
     n = len(data) // page_size
     zero: np.ndarray = np.logical_not(np.frombuffer(data, dtype=np.uint64).reshape(n, page_size // 8).any(axis=1))
+    keep = np.logical_not(zero) if share_zero else np.ones(n, dtype=bool)
     sizes = np.zeros(n, dtype=np.uint32)
     flags = np.zeros(n, dtype=np.uint32)
-    if not codec_name:  # raw pages: no per-page work at all
-        keep = np.logical_not(zero) if share_zero else np.ones(n, dtype=bool)
+    if not codec_name:
         sizes[keep] = page_size
         rows = np.frombuffer(data, dtype=np.uint8).reshape(n, page_size)
-        return (bytes(data) if bool(keep.all()) else rows[keep].tobytes()), sizes, flags, zero
-    comp = codecs.codec(codec_name)
-    data = bytes(data)
-    cuts = _page_slices(page_size, n)
-    if share_zero and bool(zero.any()):
-        idx = np.flatnonzero(np.logical_not(zero))
-        cuts = [cuts[i] for i in idx.tolist()]
+        blob = bytes(data) if bool(keep.all()) else rows[keep].tobytes()
     else:
-        idx = np.arange(n)
-    # Pages are bytes slices (python-lzo takes nothing else) and the codec maps its C function over
-    # them: no Python frame per page.
-    pages = list(map(data.__getitem__, cuts))
-    outs = comp.compress_pages(pages)
-    lens = np.fromiter(map(len, outs), dtype=np.int64, count=len(outs))
-    small = lens < page_size
-    if bool(small.all()):
-        parts = outs
-    else:
-        parts = [o if ok else p for o, p, ok in zip(outs, pages, small.tolist(), strict=True)]
-    sizes[idx] = np.where(small, lens, page_size)
-    flags[idx] = np.where(small, comp.flag, 0)
-    return b"".join(parts), sizes, flags, zero
+        comp = codecs.codec(codec_name)
+        whole = bytes(data)
+        idx = np.flatnonzero(keep)
+        cuts = _page_slices(page_size, n)
+        if len(idx) < n:
+            cuts = [cuts[i] for i in idx.tolist()]
+        # Pages are bytes slices (python-lzo takes nothing else); the codec maps its C function over them.
+        pages = list(map(whole.__getitem__, cuts))
+        outs = comp.compress_pages(pages)
+        lens = np.fromiter(map(len, outs), dtype=np.int64, count=len(outs))
+        small = lens < page_size
+        parts = outs if bool(small.all()) else [o if ok else p for o, p, ok in zip(outs, pages, small.tolist(), strict=True)]
+        sizes[idx] = np.where(small, lens, page_size)
+        flags[idx] = np.where(small, comp.flag, 0)
+        blob = b"".join(parts)
+    descs = np.zeros(n, dtype=_desc_dtype(byteorder))
+    descs["offset"] = base + np.cumsum(sizes, dtype=np.int64) - sizes
+    descs["size"] = sizes
+    descs["flags"] = flags
+    if share_zero:
+        descs["offset"][zero] = zero_off
+        descs["size"][zero] = page_size
+    return blob, descs.tobytes(), int(zero.sum())
+
+
+def rebase_descs(descs: bytes, delta: int, zero_off: int, byteorder: str) -> bytes:
+    """Descriptors of a window encoded at base 0 with ``zero_off`` -1 (in a worker, before the file
+    position was known), moved to their place: -1 becomes ``zero_off``, other offsets gain ``delta``."""
+    nat = native_core()
+    if nat is not None:
+        out: bytes = nat.rebase(descs, delta, zero_off, byteorder == ">")
+        return out
+    d = np.frombuffer(descs, dtype=_desc_dtype(byteorder)).copy()
+    off = d["offset"]
+    d["offset"] = np.where(off == -1, zero_off, off + delta)
+    return d.tobytes()
 
 
 @dataclass(frozen=True)
@@ -781,8 +847,8 @@ class Extent:
 RAW_BATCH_PAGES = 1024  # 4 MiB per copy_file_range call
 
 
-def _raw_pages(source: Dump, runs: list[tuple[int, int]]
-               ) -> Iterator[tuple[int, int, tuple[Extent | bytes, np.ndarray, np.ndarray, np.ndarray]]]:
+def _raw_pages(source: Dump, runs: list[tuple[int, int]], base: int, byteorder: str
+               ) -> Iterator[tuple[int, int, Extent | bytes, bytes, int]]:
     """Uncompressed pages with no zero-page sharing: nothing to look at, so nothing is read.
 
     Each batch is an :class:`Extent` where the source keeps the pages raw in
@@ -792,7 +858,11 @@ def _raw_pages(source: Dump, runs: list[tuple[int, int]]
     for pfn, n in _batch_ranges(runs, RAW_BATCH_PAGES):
         ext = source.file_extent(pfn, n)
         blob: Extent | bytes = Extent(ext[0], ext[1], n * ps) if ext else bytes(source._read_dumped(pfn, n))
-        yield pfn, n, (blob, np.full(n, ps, dtype=np.uint32), np.zeros(n, dtype=np.uint32), np.zeros(n, dtype=bool))
+        descs = np.zeros(n, dtype=_desc_dtype(byteorder))
+        descs["offset"] = base + np.arange(n, dtype=np.int64) * ps
+        descs["size"] = ps
+        yield pfn, n, blob, descs.tobytes(), 0
+        base += n * ps
 
 
 _SLICES: dict[int, list[slice]] = {}
@@ -806,19 +876,12 @@ def _page_slices(page_size: int, n: int) -> list[slice]:
     return cached[:n]
 
 
-def _batches(source: Dump, runs: list[tuple[int, int]], batch: int) -> Iterator[tuple[int, int, bytes]]:
-    for s, e in runs:
-        for pfn in range(s, e, batch):
-            n = min(batch, e - pfn)
-            yield pfn, n, bytes(source._read_dumped(pfn, n))
-
-
 _worker_dumps: dict[tuple[str, str], Dump] = {}
 
 
 def _encode_from_file(spec: tuple[str, str], pfn: int, n: int, codec_name: str | None, page_size: int,
-                      share_zero: bool) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray] | None:
-    """Worker side: read the batch from the source file itself, then encode it.
+                      share_zero: bool, byteorder: str) -> Window | None:
+    """Process-pool worker (no native core): read the batch from the source file itself, encode it at base 0.
 
     None when the read fails, so the parent reads that batch through its own
     layers (which may turn read errors into recorded missing pages).
@@ -833,7 +896,7 @@ def _encode_from_file(spec: tuple[str, str], pfn: int, n: int, codec_name: str |
         data = bytes(dump._read_dumped(pfn, n))
     except (KdumpkitError, OSError):
         return None
-    return encode_batch(codec_name, page_size, data, share_zero)
+    return encode_window(codec_name, page_size, data, share_zero, 0, -1, byteorder)
 
 
 def _batch_ranges(runs: list[tuple[int, int]], batch: int) -> Iterator[tuple[int, int]]:
@@ -842,54 +905,86 @@ def _batch_ranges(runs: list[tuple[int, int]], batch: int) -> Iterator[tuple[int
             yield pfn, min(batch, e - pfn)
 
 
-def _encoded(
-    source: Dump, runs: list[tuple[int, int]], codec_name: str | None, share_zero: bool, workers: int
-) -> Iterator[tuple[int, int, tuple[bytes, np.ndarray, np.ndarray, np.ndarray]]]:
-    """Encoded batches in pfn order; with workers > 1 a bounded number in flight.
-
-    When the source can be reopened by path (``Dump.reopen_spec``), each worker
-    process reads its own batches from the file and only compressed output
-    comes back, so every codec scales.  Otherwise pages are shipped to the pool,
-    which pays off only for the slow codecs (:data:`PARALLEL_CODECS`).
-    """
-    ps = source.page_size
-    if codec_name is None and not share_zero:
-        yield from _raw_pages(source, runs)  # type: ignore[misc]
-        return
-    spec = source.reopen_spec() if workers > 1 else None
-    if workers <= 1 or (spec is None and codec_name not in PARALLEL_CODECS):
-        for pfn, n, data in _batches(source, runs, BATCH_PAGES):
-            yield pfn, n, encode_batch(codec_name, ps, data, share_zero)
-        return
-    import multiprocessing
-
-    Result = tuple[bytes, np.ndarray, np.ndarray, np.ndarray]
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-    inflight: collections.deque[tuple[int, int, concurrent.futures.Future[Result | None]]] = collections.deque()
-
-    def submit(pfn: int, n: int) -> concurrent.futures.Future[Result | None]:
-        if spec is not None:
-            return pool.submit(_encode_from_file, spec, pfn, n, codec_name, ps, share_zero)
-        return pool.submit(encode_batch, codec_name, ps, bytes(source._read_dumped(pfn, n)), share_zero)
-
-    def done(p: int, k: int, fut: concurrent.futures.Future[Result | None]) -> Result:
-        res = fut.result()
-        if res is None:  # the worker could not read it: read through our own layers
-            res = encode_batch(codec_name, ps, bytes(source._read_dumped(p, k)), share_zero)
-        return res
-
+def _in_order(submit: Callable[[int, int], concurrent.futures.Future[Window | None]], runs: list[tuple[int, int]],
+              depth: int) -> Iterator[tuple[int, int, concurrent.futures.Future[Window | None]]]:
+    """Submit every batch, at most ``depth`` in flight, and hand back their futures in pfn order."""
+    inflight: collections.deque[tuple[int, int, concurrent.futures.Future[Window | None]]] = collections.deque()
     try:
         for pfn, n in _batch_ranges(runs, BATCH_PAGES):
             inflight.append((pfn, n, submit(pfn, n)))
-            if len(inflight) >= 4 * workers:
-                p, k, fut = inflight.popleft()
-                yield p, k, done(p, k, fut)
+            if len(inflight) >= depth:
+                yield inflight.popleft()
         while inflight:
-            p, k, fut = inflight.popleft()
-            yield p, k, done(p, k, fut)
+            yield inflight.popleft()
     finally:
         for _, _, fut in inflight:
             fut.cancel()
+
+
+def _parallel_mode(source: Dump, codec_name: str | None, share_zero: bool, workers: int) -> str:
+    """How ``workers > 1`` run: "threads" (native core, any source), "processes" (Python codecs; a
+    reopenable source, or zlib, the one codec slow enough to pay for shipping pages), or "serial"
+    (also raw pages with nothing to look at: they are copied, not encoded)."""
+    if workers <= 1 or (codec_name is None and not share_zero):
+        return "serial"
+    if _native_for(codec_name) is not None:
+        return "threads"
+    if source.reopen_spec() is not None or codec_name in PARALLEL_CODECS:
+        return "processes"
+    return "serial"
+
+
+def _encoded(source: Dump, runs: list[tuple[int, int]], codec_name: str | None, share_zero: bool, workers: int,
+             base: int, zero_off: int, byteorder: str) -> Iterator[tuple[int, int, Extent | bytes, bytes, int]]:
+    """Encoded windows in pfn order, the first at file offset ``base``: (pfn, n, data, descriptors, zero pages).
+
+    One worker encodes in this thread, straight at its file offset.  More
+    workers encode at base 0 and the descriptors are rebased here, in order:
+    native-core threads are fed pages this thread reads (the core releases
+    the GIL); without the core, worker processes read their own batches when
+    the source can be reopened by path, or are shipped the pages.
+    """
+    ps = source.page_size
+    if codec_name is None and not share_zero:
+        yield from _raw_pages(source, runs, base, byteorder)
+        return
+    mode = _parallel_mode(source, codec_name, share_zero, workers)
+    if mode == "serial":
+        for pfn, n in _batch_ranges(runs, BATCH_PAGES):
+            blob, descs, zeros = encode_window(codec_name, ps, source._read_dumped(pfn, n), share_zero, base, zero_off,
+                                               byteorder)
+            yield pfn, n, blob, descs, zeros
+            base += len(blob)
+        return
+    pool: concurrent.futures.Executor
+    if mode == "threads":
+        pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="kdump-encode")
+
+        def submit(pfn: int, n: int) -> concurrent.futures.Future[Window | None]:
+            # A copy, made here: a view of MappedFile's mapping read later by a thread would fault its pages
+            # in after MappedFile's periodic MADV_DONTNEED had passed them, and RSS would grow with the
+            # dump (measured: 289 MiB on the 860 MB lab dump, 67 MiB with this 1 MiB copy per window).
+            return pool.submit(encode_window, codec_name, ps, bytes(source._read_dumped(pfn, n)), share_zero, 0, -1, byteorder)
+    else:
+        import multiprocessing
+
+        spec = source.reopen_spec()
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+        def submit(pfn: int, n: int) -> concurrent.futures.Future[Window | None]:
+            if spec is not None:
+                return pool.submit(_encode_from_file, spec, pfn, n, codec_name, ps, share_zero, byteorder)
+            return pool.submit(encode_window, codec_name, ps, bytes(source._read_dumped(pfn, n)), share_zero, 0, -1,
+                               byteorder)
+    try:
+        for pfn, n, fut in _in_order(submit, runs, 2 * workers + 1 if mode == "threads" else 4 * workers):
+            res = fut.result()
+            if res is None:  # a worker process could not read it: read through our own layers
+                res = encode_window(codec_name, ps, source._read_dumped(pfn, n), share_zero, 0, -1, byteorder)
+            blob, descs, zeros = res
+            yield pfn, n, blob, rebase_descs(descs, base, zero_off, byteorder), zeros
+            base += len(blob)
+    finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -914,10 +1009,10 @@ def write_kdump(
     other pages read as excluded).  The header first goes out with the
     INCOMPLETE flag, and is rewritten without it only after the last page:
     a writer killed midway leaves a file whose unwritten pages read as
-    MISSING.  ``workers > 1`` compresses 256-page batches in a process pool,
-    keeping at most ``4 * workers`` batches in flight: for any codec when the
-    source can be reopened by path (workers read pages themselves), otherwise
-    only for the codecs in :data:`PARALLEL_CODECS`.
+    MISSING.  ``workers > 1`` compresses 256-page windows in parallel: in
+    threads when the native core has the codec (it runs without the GIL),
+    else in a process pool (see :func:`_parallel_mode`).  The output bytes
+    do not depend on ``workers`` nor on which core ran.
     """
     dumped = source.dumped_runs()
     missing = source.missing_runs()
@@ -1019,40 +1114,31 @@ def write_kdump_piece(
         for o in range(0, layout.bitmap_len, 8 << 20):
             sink.pwrite(off + o, bm[o:o + (8 << 20)].tobytes())
 
-    desc_dtype = np_dtype(PAGE_DESC.with_byteorder(hs.byteorder))
     cur = layout.data_off
-    zero_off = cur
+    zero_off = cur if share_zero else -1
     if share_zero:
         sink.pwrite(cur, bytes(ps))
         cur += ps
     total = runs_count(own)
     done = zero_pages = 0
     idx = mi = 0
-    for _pfn, n, (blob, sizes, flags, zero) in _encoded(source, own, codec, share_zero, workers):
+    for _pfn, n, blob, descs, zeros in _encoded(source, own, codec, share_zero, workers, cur, zero_off, hs.byteorder):
         while mi < len(own_missing) and own_missing[mi][0] < _pfn:  # their descriptors stay zero
             idx += own_missing[mi][1] - own_missing[mi][0]
             mi += 1
-        descs = np.zeros(n, dtype=desc_dtype)
-        ends = np.cumsum(sizes, dtype=np.int64)
-        descs["offset"] = cur + ends - sizes
-        descs["size"] = sizes
-        descs["flags"] = flags
-        if share_zero:
-            descs["offset"][zero] = zero_off
-            descs["size"][zero] = ps
-            descs["flags"][zero] = 0
-        zero_pages += int(zero.sum())
+        zero_pages += zeros
         if isinstance(blob, Extent):
             if not sink.copy_from(blob.fd, blob.offset, cur, blob.length):
                 sink.pwrite(cur, source._read_dumped(_pfn, n))
         elif blob:
             sink.pwrite(cur, blob)
-        sink.pwrite(layout.desc_off + idx * PAGE_DESC.size, descs.tobytes())
+        sink.pwrite(layout.desc_off + idx * PAGE_DESC.size, descs)
         cur += len(blob)
         idx += n
         done += n
         if progress is not None:
             progress(done, total)
+    mode = _parallel_mode(source, codec, share_zero, workers)
     # Complete now — unless the source itself lacks pages: those are not "excluded".
     header["status"] = flag | (FLAG_INCOMPLETE if source.incomplete or missing else 0)
     sink.pwrite(0, hs.pack(header))
@@ -1064,6 +1150,7 @@ def write_kdump_piece(
         excluded_pages=max(ram - runs_count(listed), 0),
         bytes_written=cur,
         compression=codec or "none",
-        extra={"missing_pages": runs_count(missing), "shared_zero": share_zero, "dump_level": dump_level, "split": piece,
-               "workers": workers if (codec in PARALLEL_CODECS or source.reopen_spec()) else 1},
+        extra={"missing_pages": runs_count(missing), "shared_zero": share_zero, "dump_level": dump_level,
+               "split": piece, "workers": workers if mode != "serial" else 1, "parallel": mode,
+               "core": "native" if _native_for(codec) is not None else "python"},
     )

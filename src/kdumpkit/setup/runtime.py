@@ -82,6 +82,9 @@ STDLIB_ROOTS = (
 #: Hash modules hashlib falls back to without ``_hashlib`` (left out: OpenSSL's
 #: libcrypto is 4.6 MB, and the capture only needs SHA-256).
 HASH_ROOTS = ("_sha256", "_sha512", "_sha1", "_md5", "_blake2", "_sha3")
+#: The kdump writer's C core, imported lazily (so the closure would miss it); optional: without it the
+#: capture writes the same bytes through the Python path, only slower.
+NATIVE_ROOTS = ("kdumpkit.dump._native",)
 #: Modules the closure may load but the image does without.
 EXCLUDE = frozenset({"_hashlib", "_ssl"})
 #: Third-party module per configured codec (zlib is the stdlib's).
@@ -121,7 +124,7 @@ class Runtime:
 def roots_for(codecs: tuple[str, ...] = ("lzo",)) -> tuple[list[str], list[str]]:
     """(modules to import, the optional ones among them) for a runtime writing ``codecs``."""
     cmds = [f"kdumpkit.cli.cmd_{c}" for c in COMMANDS]
-    optional = [CODEC_MODULES[c] for c in codecs if c in CODEC_MODULES] + list(HASH_ROOTS)
+    optional = [CODEC_MODULES[c] for c in codecs if c in CODEC_MODULES] + list(HASH_ROOTS) + list(NATIVE_ROOTS)
     return [*kdumpkit_roots(), *cmds, *STDLIB_ROOTS, *optional], optional
 
 
