@@ -43,8 +43,12 @@ class ProbingBuildExt(build_ext):
         super().build_extension(ext)
 
 
+# KDUMPKIT_BUILD_NATIVE=0: a pure wheel (py3-none-any), for a Python this machine cannot compile for
+# (the lab installs one into a Debian whose Python is newer than the host's); the fallback path runs.
+NATIVE = os.environ.get("KDUMPKIT_BUILD_NATIVE", "1") != "0"
+
 setup(
-    ext_modules=[
+    ext_modules=[] if not NATIVE else [
         Extension(
             "kdumpkit.dump._native",
             sources=["src/kdumpkit/dump/_native.c"],

@@ -36,7 +36,7 @@ from typing import Any
 
 from kdumpkit.errors import LabError
 from kdumpkit.lab.qemu import VM, VMConfig, choose_accel
-from kdumpkit.lab.sysimage import LAB_LABEL, base_image
+from kdumpkit.lab.sysimage import LAB_LABEL, SUITE_PYTHON, base_image
 from kdumpkit.lab.wheelhouse import build_wheelhouse
 
 Log = Callable[[str], None]
@@ -71,8 +71,9 @@ VARIANTS = tuple(VARIANT_HOOKS)
 #: capture kernel at boot, its status command, and what happens after the capture reboot.
 TOOL_HOOKS: dict[str, str] = {
     "kdumpkit": """LOAD_UNIT=kdumpkit-load.service
-tool_install() {  # the README's way: a venv and the wheelhouse
-    python3 -m venv /opt/kdumpkit &&
+tool_install() {  # the README's way: a venv and the wheelhouse (Debian 13: python3-lzo from Debian)
+    flags=""; python3 -c "import lzo" 2>/dev/null && flags=--system-site-packages
+    python3 -m venv $flags /opt/kdumpkit &&
         /opt/kdumpkit/bin/pip install --no-index --find-links $LAB/wheelhouse kdumpkit &&
         ln -sf /opt/kdumpkit/bin/kdumpkit /usr/local/sbin/kdumpkit
 }
@@ -372,7 +373,7 @@ def run_journey(*, suite: str = "bookworm", variant: str = "default", tool: str 
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
     (work / "lab").mkdir(parents=True)
-    wheels = build_wheelhouse(work / "lab" / "wheelhouse", log)
+    wheels = build_wheelhouse(work / "lab" / "wheelhouse", SUITE_PYTHON[suite], log)
     log(f"wheelhouse: {len(wheels)} wheels")
     (work / "lab" / "journey").write_text(guest_script())
     (work / "lab" / "variant.sh").write_text(VARIANT_HOOKS[variant])

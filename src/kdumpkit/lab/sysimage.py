@@ -48,6 +48,10 @@ RECIPE_VERSION = 1
 SUITES = ("bookworm", "trixie")
 PACKAGES = ("systemd-sysv", "linux-image-amd64", "grub-pc", "udev", "kmod", "e2fsprogs", "python3", "python3-venv",
             "busybox-static", "liblzo2-2", "xfsprogs")
+#: Per suite: its Python (the wheelhouse is made for it) and the Debian packages that stand in for
+#: dependencies PyPI has no wheel of for that Python (lab/wheelhouse.FROM_DEBIAN).
+SUITE_PYTHON = {"bookworm": (3, 11), "trixie": (3, 13)}
+SUITE_PACKAGES = {"bookworm": (), "trixie": ("python3-lzo",)}
 DISK_SIZE = 6 << 30
 PART_OFFSET = 1 << 20
 HOSTNAME = "kdumpkit-lab"
@@ -231,7 +235,7 @@ def base_image(suite: str = "bookworm", *, extra_packages: tuple[str, ...] = (),
     """The cached installed system for ``suite`` (built when missing: a few minutes under TCG)."""
     if suite not in SUITES:
         raise LabError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
-    packages = tuple(dict.fromkeys(PACKAGES + extra_packages))
+    packages = tuple(dict.fromkeys(PACKAGES + SUITE_PACKAGES[suite] + extra_packages))
     key = image_key(suite, packages, late_packages)
     final = lab_dir("system") / f"{suite}-{key}"
     meta = final / "image.json"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,35 +36,64 @@ def source_root() -> Path:
     return root
 
 
-def _pip_wheel(args: list[str], what: str) -> None:
-    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+def _pip(cmd: str, args: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    full = [sys.executable, "-m", "pip", cmd, "-q", "--disable-pip-version-check", *args]
+    p = subprocess.run(full, capture_output=True, text=True, timeout=1800, check=False,
+                       env={**os.environ, **(env or {})})
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
-        raise LabError(f"pip wheel ({what}) failed: {' | '.join(tail)}")
+        raise LabError(f"pip {cmd} ({what}) failed: {' | '.join(tail)}")
 
 
-def dependency_wheels(log: Log = lambda m: None) -> Path:
-    """kdumpkit's runtime dependencies as wheels for this Python (cached by dependency list)."""
+#: Binary wheels for another Python than this one: the platforms a Debian amd64 guest accepts.
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+#: Dependencies with no binary wheel on PyPI: the guest takes them from Debian (``--system-site-packages``).
+FROM_DEBIAN = {"python-lzo": "python3-lzo"}
+
+
+def _name(spec: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0].strip().lower()
+
+
+def dependency_wheels(python: tuple[int, int] | None = None, log: Log = lambda m: None) -> Path:
+    """kdumpkit's runtime dependencies as wheels for ``python`` (default: this one), cached by dependency list.
+
+    For this interpreter ``pip wheel`` builds what has no wheel (python-lzo against the system's
+    liblzo2); for another one only published binary wheels can be had, so what has none
+    (:data:`FROM_DEBIAN`) is left to the guest's Debian packages.
+    """
+    target = python or sys.version_info[:2]
     deps = tomllib.loads((source_root() / "pyproject.toml").read_text())["project"]["dependencies"]
-    key = hashlib.sha256(f"{sys.version_info[:2]} {sorted(deps)}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{target} {sorted(deps)}".encode()).hexdigest()[:12]
     final = lab_dir("wheels") / f"deps-{key}"
     if (final / ".complete").is_file():
         return final
     tmp = final.with_name(final.name + f".{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    log(f"building dependency wheels: {' '.join(deps)}")
-    _pip_wheel(["--wheel-dir", str(tmp), *deps], "dependencies")
+    log(f"dependency wheels for Python {target[0]}.{target[1]}: {' '.join(deps)}")
+    if target == sys.version_info[:2]:
+        _pip("wheel", ["--wheel-dir", str(tmp), *deps], "dependencies")
+    else:
+        plats = [a for p in PLATFORMS for a in ("--platform", p)]
+        wanted = [d for d in deps if _name(d) not in FROM_DEBIAN]
+        _pip("download", ["--only-binary=:all:", "--python-version", f"{target[0]}.{target[1]}", *plats,
+                          "-d", str(tmp), *wanted], f"dependencies for Python {target[0]}.{target[1]}")
     (tmp / ".complete").write_text("\n".join(deps) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
     return final
 
 
-def build_wheelhouse(out: Path, log: Log = lambda m: None) -> list[str]:
-    """``out`` gets kdumpkit's wheel and its dependencies'; the file names."""
+def build_wheelhouse(out: Path, python: tuple[int, int] | None = None, log: Log = lambda m: None) -> list[str]:
+    """``out`` gets kdumpkit's wheel and its dependencies' for ``python``; the file names.
+
+    kdumpkit's own wheel carries the native core when it is built for this
+    interpreter, and is pure (``KDUMPKIT_BUILD_NATIVE=0``) for another one.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    for w in dependency_wheels(log).glob("*.whl"):
+    for w in dependency_wheels(python, log).glob("*.whl"):
         shutil.copyfile(w, out / w.name)
-    _pip_wheel(["--no-deps", "--wheel-dir", str(out), str(source_root())], "kdumpkit")
+    same = python is None or python == sys.version_info[:2]
+    _pip("wheel", ["--no-deps", "--wheel-dir", str(out), str(source_root())], "kdumpkit",
+         env=None if same else {"KDUMPKIT_BUILD_NATIVE": "0"})
     return sorted(p.name for p in out.glob("*.whl"))
