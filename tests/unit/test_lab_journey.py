@@ -121,3 +121,12 @@ def test_customize_writes_what_an_installer_would(tmp_path: Path) -> None:
     assert 'GRUB_CMDLINE_LINUX="console=ttyS0,115200n8"' in (tmp_path / "etc/default/grub").read_text()
     assert (tmp_path / "etc/systemd/system/multi-user.target.wants/kdumpkit-lab.service").is_symlink()
     assert str((tmp_path / "etc/systemd/system/apt-daily.timer").readlink()) == "/dev/null"
+
+
+def test_wheelhouse_names_and_suites() -> None:
+    from kdumpkit.lab import wheelhouse
+
+    assert [wheelhouse._name(d) for d in ("numpy>=1.26", "python-lzo>=1.15", "rich", "drgn[x] ; os_name")] == \
+        ["numpy", "python-lzo", "rich", "drgn"]
+    assert set(sysimage.SUITE_PYTHON) == set(sysimage.SUITES) == set(sysimage.SUITE_PACKAGES)
+    assert "python3-lzo" in sysimage.SUITE_PACKAGES["trixie"]  # PyPI has no python-lzo wheel for 3.13
