@@ -7,7 +7,7 @@ BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
 APT_PKGS  := qemu-system-x86 qemu-utils busybox-static kexec-tools makedumpfile crash cpio \
              liblzo2-dev zstd kmod gcc python3-dev time openssh-server openssh-client \
-             nfs-ganesha nfs-ganesha-vfs
+             nfs-ganesha nfs-ganesha-vfs mmdebstrap fdisk
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # pytest exits 5 when a tier selects no test; that is not a failure here.
 PYTEST     = $(BIN)/python -m pytest
@@ -15,7 +15,7 @@ define tier
 	$(PYTEST) $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "(no tests in $(1))"; rc=0; fi; exit $$rc
 endef
 
-.PHONY: all bootstrap apt venv test test-unit test-interop test-e2e test-lab-full fuzz lint typecheck demo bench clean
+.PHONY: all bootstrap apt venv wheelhouse test test-unit test-interop test-e2e test-lab-full fuzz lint typecheck demo bench clean
 
 all: test
 
@@ -35,6 +35,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
+
+# What an administrator installs from on a machine without network (README: "Installing it").
+wheelhouse: bootstrap
+	$(BIN)/python -m pip wheel -q -w dist/wheelhouse .
 
 test: bootstrap
 	@$(MAKE) --no-print-directory test-unit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -280,9 +281,12 @@ def test_restore_raw_cli(tmp_path: Path) -> None:
 
 
 # -- the ssh receiver (the transport is tested against a real sshd in tests/interop) -------
+DECLARE_LOG = f"--size {len(LOG)} --sha256 {hashlib.sha256(LOG).hexdigest()}"
+
+
 def test_receiver_stores_and_refuses(tmp_path: Path) -> None:
     base = str(tmp_path / "crash")
-    req = client_request("kdumpkit receive /ignored --crash-id h-2024-01-01-00:00:00 --name dmesg.txt")
+    req = client_request(f"kdumpkit receive /ignored --crash-id h-2024-01-01-00:00:00 --name dmesg.txt {DECLARE_LOG}")
     path = receive(base, req, io.BytesIO(LOG))
     assert path == os.path.join(base, "h-2024-01-01-00:00:00", "dmesg.txt") and Path(path).read_bytes() == LOG
     for bad in ("--crash-id ../etc --name dmesg.txt", "--crash-id h --name ../../etc/passwd",
@@ -303,7 +307,7 @@ def test_receiver_requires_end_marker(tmp_path: Path) -> None:
 
 
 def test_receive_cli_forced_command(tmp_path: Path) -> None:
-    env = dict(os.environ, SSH_ORIGINAL_COMMAND="kdumpkit receive /elsewhere --crash-id h2 --name dmesg.txt")
+    env = dict(os.environ, SSH_ORIGINAL_COMMAND=f"kdumpkit receive /elsewhere --crash-id h2 --name dmesg.txt {DECLARE_LOG}")
     p = subprocess.run([sys.executable, "-m", "kdumpkit.cli.main", "receive", str(tmp_path)], input=LOG, env=env,
                        capture_output=True, timeout=60)
     assert p.returncode == 0, p.stderr

@@ -28,7 +28,7 @@ def test_info_json(elf_dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", str(elf_dump), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == "elf"
-    assert info["pages"] == {"ram": 600, "dumped": 590, "excluded": 10}
+    assert info["pages"] == {"ram": 600, "dumped": 590, "excluded": 10, "missing": 0}
     assert info["cpus"] == 2
     assert info["crash"]["release"] == "6.1.0-synthetic"
 

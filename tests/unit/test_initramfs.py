@@ -33,7 +33,7 @@ needs_busybox = pytest.mark.skipif(not Path(initramfs.BUSYBOX).is_file(), reason
 def tree() -> cpio.Tree:
     if not Path(initramfs.BUSYBOX).is_file():
         pytest.skip("busybox-static not installed")
-    t, order, rt = initramfs.capture_tree(CFG, modules_dir=None, mounts=[initramfs.Mount("/dev/vdc", "/var/crash")])
+    t, order, rt = initramfs.capture_tree(CFG, modules_dir=None, mounts=[initramfs.parse_mount("/dev/vdc:/var/crash")])
     assert order == [] and rt.files > 50
     return t
 
@@ -52,10 +52,10 @@ def test_tree_has_init_runtime_and_config(tree: cpio.Tree) -> None:
 
 def test_init_files_follow_the_config(tree: cpio.Tree) -> None:
     entries = {e.name: e.data for e in cpio.read(tree.archive())}
-    assert entries["etc/kdumpkit/devices"].split() == [b"/dev/vdb", b"/dev/vdc"]
+    assert entries["etc/kdumpkit/devices"].split() == [b"/dev/vdb"]
     assert entries["etc/kdumpkit/final_action"] == b"poweroff\n"
     assert entries["etc/kdumpkit/failure_action"] == b"halt\n"
-    assert entries["etc/kdumpkit/mounts"] == b"/dev/vdc /var/crash ext4\n"
+    assert entries["etc/kdumpkit/mounts"] == b"/dev/vdc ext4 . /var/crash\n"
     init = entries["init"].decode()
     assert "KDUMPKIT_NO_ACTION=1 /bin/kdumpkit capture --config /etc/kdumpkit/kdumpkit.toml" in init
 
@@ -78,9 +78,11 @@ def test_bad_config_is_refused_at_build_time() -> None:
 
 
 def test_mount_spec() -> None:
-    assert initramfs.Mount.parse("/dev/sdb1:/var/crash:xfs") == initramfs.Mount("/dev/sdb1", "/var/crash", "xfs")
+    m = initramfs.parse_mount("/dev/sdb1:/var/crash:xfs")
+    assert (m.spec, m.path, m.fstype, m.modules) == ("/dev/sdb1", "/var/crash", "xfs", ("xfs", "crc32c_generic"))
+    assert initramfs.parse_mount("UUID=1234-abcd:/var/crash").mounts_line() == "UUID=1234-abcd ext4 . /var/crash\n"
     with pytest.raises(ConfigError):
-        initramfs.Mount.parse("sdb1")
+        initramfs.parse_mount("sdb1")
 
 
 def test_xz_uses_crc32_for_the_kernel() -> None:

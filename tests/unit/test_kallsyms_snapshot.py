@@ -31,8 +31,9 @@ def _root(tmp_path: Path, kallsyms: bytes = KALLSYMS) -> Path:
     (tmp_path / "proc/cmdline").write_text("root=/dev/vda ro crashkernel=256M\n")
     (tmp_path / "proc/kallsyms").write_bytes(kallsyms)
     (tmp_path / "boot").mkdir()
+    (tmp_path / "var/lib/kdumpkit").mkdir(parents=True)
     (tmp_path / "boot/vmlinuz-6.1.0-56-amd64").write_bytes(fake_bzimage())
-    (tmp_path / "boot/initrd.img-6.1.0-56-amd64").write_bytes(b"\x1f\x8bINITRD")  # 8 bytes: padding needed
+    (tmp_path / "var/lib/kdumpkit/initrd.img-6.1.0-56-amd64").write_bytes(b"\x1f\x8bINITRD")  # 8 bytes: padding needed
     return tmp_path
 
 
@@ -53,7 +54,7 @@ def test_take_snapshot_counts_and_refuses_hidden_addresses(tmp_path: Path) -> No
 def test_initrd_gets_an_aligned_archive_appended(tmp_path: Path) -> None:
     root = _root(tmp_path)
     snap = take_snapshot(root)
-    initrd = root / "boot/initrd.img-6.1.0-56-amd64"
+    initrd = root / "var/lib/kdumpkit/initrd.img-6.1.0-56-amd64"
     initrd.write_bytes(b"\x1f\x8bINITRD!!")  # 10 bytes -> 2 bytes of zero padding
     fd = initrd_with_snapshot(initrd, snapshot_archive(snap))
     try:

@@ -78,8 +78,9 @@ def make_root(tmp: Path, *, iomem: str = IOMEM, boot_params: bytes | None = None
         (tmp / "sys/kernel/boot_params").mkdir()
         (tmp / "sys/kernel/boot_params/data").write_bytes(boot_params)
     (tmp / "boot").mkdir()
+    (tmp / "var/lib/kdumpkit").mkdir(parents=True)
     (tmp / "boot/vmlinuz-6.1.0-56-amd64").write_bytes(bzimage())
-    (tmp / "boot/initrd.img-6.1.0-56-amd64").write_bytes(b"I" * 5_000_001)
+    (tmp / "var/lib/kdumpkit/initrd.img-6.1.0-56-amd64").write_bytes(b"I" * 5_000_001)
     return tmp
 
 

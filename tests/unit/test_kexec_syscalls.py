@@ -142,13 +142,14 @@ def root(tmp_path: Path) -> Iterator[Path]:
     (tmp_path / "proc/cmdline").write_text("root=/dev/vda ro quiet crashkernel=256M\n")
     (tmp_path / "boot").mkdir()
     (tmp_path / "boot/vmlinuz-6.1.0-56-amd64").write_bytes(fake_bzimage())
-    (tmp_path / "boot/initrd.img-6.1.0-56-amd64").write_bytes(b"INITRD")
+    (tmp_path / "var/lib/kdump").mkdir(parents=True)
+    (tmp_path / "var/lib/kdump/initrd.img-6.1.0-56-amd64").write_bytes(b"INITRD")  # kdump-tools' capture image
     yield tmp_path
 
 
 def test_plan_and_load_pass_the_right_files(root: Path) -> None:
     plan = loader.plan_load(root=root, default_append="irqpoll nr_cpus=1", append="panic=1")
-    assert plan.kernel == root / "boot/vmlinuz-6.1.0-56-amd64" and plan.initrd == root / "boot/initrd.img-6.1.0-56-amd64"
+    assert plan.kernel == root / "boot/vmlinuz-6.1.0-56-amd64" and plan.initrd == root / "var/lib/kdump/initrd.img-6.1.0-56-amd64"
     assert plan.cmdline == "root=/dev/vda ro irqpoll nr_cpus=1 panic=1"
     got: dict[str, Any] = {}
 
@@ -161,7 +162,7 @@ def test_plan_and_load_pass_the_right_files(root: Path) -> None:
 
     loader.load(plan, syscall=fake)
     assert got == {"kernel": b"HdrS", "initrd": b"INITRD", "cmdline": plan.cmdline, "flags": KEXEC_FILE_ON_CRASH}
-    (root / "var/lib/kdumpkit").mkdir(parents=True)
+    (root / "var/lib/kdumpkit").mkdir()
     (root / "var/lib/kdumpkit/initrd.img-6.1.0-56-amd64").write_bytes(b"OURS")
     assert loader.plan_load(root=root).initrd == root / "var/lib/kdumpkit/initrd.img-6.1.0-56-amd64"
     assert loader.plan_load(root=root, cmdline="console=ttyS0", append="x=1").cmdline == "console=ttyS0 x=1"
@@ -172,9 +173,13 @@ def test_plan_errors(root: Path) -> None:
         loader.plan_load(root=root, mode="other")
     with pytest.raises(UsageError, match="--kernel"):
         loader.plan_load(root=root, kernel=root / "nope")
-    (root / "boot/initrd.img-6.1.0-56-amd64").unlink()
-    with pytest.raises(UsageError, match="--initrd"):
+    (root / "var/lib/kdump/initrd.img-6.1.0-56-amd64").unlink()
+    with pytest.raises(UsageError, match="no capture initramfs for 6.1.0-56-amd64: run kdumpkit initramfs build"):
         loader.plan_load(root=root)
+    (root / "boot/initrd.img-6.1.0-56-amd64").write_bytes(b"SYSTEM")  # the boot initramfs is never taken by itself
+    with pytest.raises(UsageError, match="is the system's boot initramfs, not a capture one"):
+        loader.plan_load(root=root)
+    assert loader.plan_load(root=root, initrd=root / "boot/initrd.img-6.1.0-56-amd64").initrd is not None
     assert loader.plan_load(root=root, no_initrd=True).initrd is None
     (root / "boot/vmlinuz-6.1.0-56-amd64").write_bytes(fake_bzimage(cmdline_size=16))
     with pytest.raises(UsageError, match="accepts 15"):

@@ -414,7 +414,7 @@ def test_setup_builds_capture_initramfs_when_missing_or_stale(tmp_path: Path) ->
     cfg.write_text("codec = \"zstd\"\n")
     run = FakeRunner(root)
     setup(root=root, runner=run, live=True, exe=EXE, config=str(cfg))
-    build = f"{EXE} initramfs build --kernel-version 6.1.0-99-amd64 --config {cfg}"
+    build = f"{EXE} initramfs build --kernel-release 6.1.0-99-amd64 --config {cfg}"
     assert build in run.commands()
     initrd = root / systemd.initrd_path("6.1.0-99-amd64")
     initrd.parent.mkdir(parents=True, exist_ok=True)
@@ -428,7 +428,7 @@ def test_setup_builds_capture_initramfs_when_missing_or_stale(tmp_path: Path) ->
     setup(root=root, runner=run3, live=True, exe=EXE, config=str(cfg))
     assert run3.commands() == [build]
     hook = (root / systemd.POSTINST_HOOK).read_text()
-    assert f'initramfs build --kernel-version "$version" --config {cfg}' in hook
+    assert f"config={cfg}\n" in hook and 'initramfs build --kernel-release "$version" "$@"' in hook
 
 
 def test_post_boot_with_default_config_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -436,3 +436,28 @@ def test_post_boot_with_default_config_missing(tmp_path: Path, capsys: pytest.Ca
     d = _crash_folder(tmp_path / "var/crash")
     assert main(["setup", "post-boot", "--config", "/etc/kdumpkit/kdumpkit.toml", "--root", str(tmp_path)]) == 0
     assert (d / "report.txt").exists() and "report:" in capsys.readouterr().err
+
+
+def test_units_quote_values_the_systemd_way() -> None:
+    assert systemd.unit_arg("/usr/local/sbin/kdumpkit") == "/usr/local/sbin/kdumpkit"
+    assert systemd.unit_arg('/etc/my dir/100%$x"y\\') == '"/etc/my dir/100%%$$x\\"y\\\\"'
+    with pytest.raises(ConfigError, match="control characters"):
+        systemd.unit_arg("/var/crash\n[Service]\nExecStartPre=/bin/evil")
+    with pytest.raises(ConfigError):
+        systemd.unit_path("/var/my crash")
+    unit = systemd.load_unit("/usr/local/sbin/kdumpkit", append="x=1 y=2")
+    unit_section, service = unit.split("[Service]")
+    assert "ExecCondition=" not in unit_section and "ExecCondition=" in service  # systemd ignores it in [Unit]
+    assert 'ExecStart=/usr/local/sbin/kdumpkit load --append "x=1 y=2"' in service
+    report = systemd.report_unit("/opt/k d/kdumpkit", "/etc/kdumpkit/kdumpkit.toml", ["/var/crash"])
+    assert 'ExecStart="/opt/k d/kdumpkit" setup post-boot --config /etc/kdumpkit/kdumpkit.toml' in report
+
+
+def test_sysctls_without_procps_go_to_proc_sys(tmp_path: Path) -> None:
+    root = make_root(tmp_path, programs=("update-grub", "systemctl"))  # a minimal Debian: no sysctl binary
+    for key in ("panic_on_oops", "unknown_nmi_panic", "softlockup_panic"):
+        (root / f"proc/sys/kernel/{key}").write_text("0\n")
+    result = setup(root=root, runner=FakeRunner(root), live=True, exe=EXE, steps=("sysctl",))
+    assert (root / "proc/sys/kernel/panic_on_oops").read_text() == "1\n"
+    assert int((root / "proc/sys/kernel/sysrq").read_text()) & 8
+    assert any("values written to /proc/sys" in c.target for c in result.changes)

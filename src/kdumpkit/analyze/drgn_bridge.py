@@ -392,7 +392,7 @@ def open_in_drgn(paths: str | Sequence[str], *, vmlinux: Sequence[str] = (), tmp
                     session.plan = Plan(False, f"drgn {caps.version} refused it ({e})")
             if session.prog is None:
                 if facts.incomplete:
-                    log(f"{plist[0]} is incomplete: pages it lacks read as zeros in the converted core")
+                    log(f"{plist[0]} is incomplete: pages it lacks stay missing in the converted core (drgn FaultError)")
                 core = stack.enter_context(temporary_core(dump, tmpdir=tmpdir, progress=progress))
                 prog = drgn.Program()  # the ELF carries the VMCOREINFO note now
                 try:

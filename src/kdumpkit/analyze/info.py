@@ -24,17 +24,17 @@ def dump_info(dump: Dump) -> dict[str, Any]:
     """A JSON-able description of ``dump``."""
     ps = dump.page_size
     ram = dump.ram_runs()
-    dumped = dump.dumped_runs()
+    counts = dump.page_counts()
     details = dump.info().details
     info: dict[str, Any] = {
         "path": dump.path,
         "format": dump.format_name,
         "arch": dump.arch,
         "page_size": ps,
-        "incomplete": dump.incomplete,
+        "incomplete": dump.incomplete or counts["missing"] > 0,
         "ram_ranges": [{"start": hex(s * ps), "end": hex(e * ps - 1), "pages": e - s} for s, e in ram],
         "ram_bytes": runs_count(ram) * ps,
-        "pages": {"ram": runs_count(ram), "dumped": runs_count(dumped), "excluded": runs_count(ram) - runs_count(dumped)},
+        "pages": counts,  # missing pages are counted apart: never as excluded
         "cpus": len(dump.prstatus_notes()),
         "notes": _notes_summary(dump),
         "compression": details.get("compression", "none"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 
+from kdumpkit.capture.naming import safe_hostname
 from kdumpkit.dump.base import Dump
 from kdumpkit.errors import KdumpkitError, KernelError, OutputError
 
@@ -113,13 +114,13 @@ UNSET_HOSTNAME = "(none)"
 
 
 def crash_hostname(dump: Dump) -> str:
-    """Hostname for folder names: the dump's own, else this host's; safe for a path.
+    """Hostname for folder names: the dump's own, else this host's, made one ``kdumpkit receive`` accepts.
 
     The kernel's "(none)" (no hostname was ever set: initramfs-only systems,
-    the lab) becomes "localhost".  The result starts with a letter or digit,
-    as ``kdumpkit receive`` requires of crash ids (it refused "_none_-<date>").
+    the lab) becomes "localhost".  Anything else goes through
+    :func:`~kdumpkit.capture.naming.safe_hostname`, the rule the receiver
+    checks with: a name with ``..`` or non-ASCII letters used to pass here and
+    be refused there, so such a host could never dump over ssh.
     """
     name = dump_hostname(dump) or socket.gethostname()
-    name = "" if name == UNSET_HOSTNAME else name
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-    return safe.strip("._-") or "localhost"
+    return safe_hostname("" if name == UNSET_HOSTNAME else name) or "localhost"

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from kdumpkit.capture.dmesg import fsync_dir
 from kdumpkit.capture.tolerant import TolerantDump
-from kdumpkit.dump.base import Buffer, Dump
+from kdumpkit.dump.base import Buffer, Dump, merge_runs
 from kdumpkit.dump.sink import FileSink, Sink
 from kdumpkit.dump.writer import Progress, WriteStats
 from kdumpkit.errors import NoSpaceError, OutputError, UnsupportedError, UsageError
@@ -214,7 +214,7 @@ def mark_incomplete(rec: HeaderRecordingSink, layer: Dump, fmt: str, missing: li
     rec.inner.pwrite(0, hs.pack(header, status=int(header["status"]) | FLAG_INCOMPLETE))
     if not missing:
         return
-    dumped = layer.dumped_runs()
+    dumped = merge_runs(layer.dumped_runs() + layer.missing_runs())  # the writer's 2nd bitmap
     layout = plan_layout(layer, dumped)
     empty = bytes(PAGE_DESC.size)
     for pfn in sorted(set(missing)):

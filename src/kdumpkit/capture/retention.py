@@ -5,6 +5,11 @@ directory gets the same policy, applied right after a capture succeeded —
 and the folder just written is never a candidate, whatever the limits say:
 freeing space must never cost the dump that motivated it.  Only folders that
 look like ours (a dated name, or a ``manifest.json`` inside) are touched.
+
+On an ssh dump server the policy is the server's (``kdumpkit receive DIR
+--keep-count N``), never a client's, and a client's upload only ever prunes
+folders of the host its crash id names, created by the receiver's own user
+(``host``, ``owner``): one machine must not be able to empty another's.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kdumpkit.capture.naming import STAMP, host_folder
 from kdumpkit.setup.config import Keep
 
-DATED = re.compile(r".*-\d{4}-\d{2}-\d{2}-\d{2}:\d{2}:\d{2}(?:\.\d+)?$")
+DATED = re.compile(rf".*{STAMP}\Z")
 OUR_FILES = ("manifest.json", "vmcore", "vmcore.flat", "dmesg.txt", "kallsyms.gz")
 
 
@@ -40,8 +46,9 @@ def _tree_size(path: str) -> int:
     return total
 
 
-def crash_dirs(base: str) -> list[CrashDir]:
-    """Our crash folders under ``base``, newest first."""
+def crash_dirs(base: str, *, host: str | None = None, owner: int | None = None) -> list[CrashDir]:
+    """Our crash folders under ``base``, newest first; only ``host``'s, only ``owner``'s when given."""
+    mine = host_folder(host) if host is not None else None
     out = []
     try:
         entries = list(os.scandir(base))
@@ -50,11 +57,16 @@ def crash_dirs(base: str) -> list[CrashDir]:
     for e in entries:
         if not e.is_dir(follow_symlinks=False):
             continue
+        if mine is not None and not mine.match(e.name):
+            continue
+        st = e.stat(follow_symlinks=False)
+        if owner is not None and st.st_uid != owner:
+            continue
         if not DATED.match(e.name) and not os.path.exists(os.path.join(e.path, "manifest.json")):
             continue
         if not any(os.path.exists(os.path.join(e.path, f)) for f in OUR_FILES):
             continue
-        out.append(CrashDir(e.path, e.stat(follow_symlinks=False).st_mtime, _tree_size(e.path)))
+        out.append(CrashDir(e.path, st.st_mtime, _tree_size(e.path)))
     out.sort(key=lambda d: (d.mtime, d.path), reverse=True)
     return out
 
@@ -87,12 +99,13 @@ def plan_retention(dirs: list[CrashDir], keep: Keep, current: str, now: float | 
 
 
 def apply_retention(base: str, keep: Keep, current: str, *, now: float | None = None,
-                    log: Callable[[str], None] | None = None) -> list[str]:
+                    log: Callable[[str], None] | None = None, host: str | None = None,
+                    owner: int | None = None) -> list[str]:
     """Delete what :func:`plan_retention` says; returns the removed paths."""
     if not keep.active:
         return []
     removed = []
-    for d in plan_retention(crash_dirs(base), keep, current, now):
+    for d in plan_retention(crash_dirs(base, host=host, owner=owner), keep, current, now):
         try:
             shutil.rmtree(d.path)
         except OSError as e:

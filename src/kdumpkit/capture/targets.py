@@ -28,6 +28,7 @@ import errno
 import hashlib
 import ipaddress
 import os
+import re
 import shlex
 import socket
 import stat
@@ -105,6 +106,22 @@ class Destination(ABC):
 
 
 # -- local directory -----------------------------------------------------------------------
+def refuse_ram_target(path: str) -> None:
+    """In a capture kernel, a local target must be on a mounted disk: the initramfs root is RAM.
+
+    /init binds each local target's filesystem at its configured path; when
+    that mount failed the path is a plain directory of the RAM root, and a
+    dump written there vanishes at the reboot while the manifest says saved.
+    """
+    from kdumpkit.kexec.status import in_capture_kernel
+    from kdumpkit.setup.blockdev import volatile_fs
+
+    fstype = volatile_fs(path)
+    if fstype is not None and in_capture_kernel():
+        raise OutputError(f"{path} is on the capture kernel's {fstype} (its disk was not mounted): "
+                          "a dump there would be lost at the reboot")
+
+
 class LocalDestination(Destination):
     def __init__(self, target: Target, log: Log | None = None, *, fmt: str = "kdump", base: str | None = None) -> None:
         super().__init__(target, log)
@@ -113,6 +130,7 @@ class LocalDestination(Destination):
         self.dir = ""
 
     def open(self, crash_id: str) -> None:
+        refuse_ram_target(self.base)
         try:
             os.makedirs(self.base, mode=0o700, exist_ok=True)
         except OSError as e:
@@ -438,11 +456,13 @@ class SshDestination(Destination):
 
     The key should be limited to the receiver in ``authorized_keys``::
 
-        command="/usr/local/bin/kdumpkit receive /var/crash",restrict ssh-ed25519 AAAA… kdump@host
+        command="/usr/local/bin/kdumpkit receive /var/crash --keep-count 5",restrict ssh-ed25519 AAAA… kdump@host
 
-    The forced command ignores what the client asks for except ``--crash-id``,
-    ``--name`` and the retention limits (read from ``SSH_ORIGINAL_COMMAND``),
-    so a stolen key can only add crash folders under that one directory.
+    The forced command takes only ``--crash-id``, ``--name`` and the file's
+    ``--size``/``--sha256`` from the client (``SSH_ORIGINAL_COMMAND``), so a
+    stolen key can only add crash folders under that one directory.
+    Retention there is the server's policy, written in that line: this side
+    sends none (a receiver refuses ``--keep-*`` from a client).
     """
 
     vmcore_name = "vmcore.flat"
@@ -464,6 +484,7 @@ class SshDestination(Destination):
         return " ".join([self.target.remote_command, shlex.quote(self.target.path), *map(shlex.quote, args)])
 
     def open(self, crash_id: str) -> None:
+        """Probe the receiver; it reserves the crash folder and may name it ``<crash_id>.N`` (taken name)."""
         self.crash_id = crash_id
         argv = self.ssh_argv() + [self.remote("--probe", "--crash-id", crash_id)]
         try:
@@ -475,7 +496,8 @@ class SshDestination(Destination):
             raise OutputError(f"{self.location}: no answer within {self.target.connect_timeout * 3 + 10} s") from None
         if p.returncode != 0:
             raise OutputError(f"{self.location}: cannot reach the receiver: {_tail(p.stderr) or f'exit {p.returncode}'}")
-        self.location = f"{self.target.describe()}/{crash_id}"
+        self.crash_id = _reserved_id(p.stdout, crash_id)
+        self.location = f"{self.target.describe()}/{self.crash_id}"
 
     def _send(self, name: str, *extra: str) -> tuple[subprocess.Popen[bytes], _Stream]:
         argv = self.ssh_argv() + [self.remote("--crash-id", self.crash_id, "--name", name, *extra)]
@@ -510,8 +532,9 @@ class SshDestination(Destination):
         if proc.returncode != 0:
             raise OutputError(f"{self.location}/{name}: {_tail(err) or f'receiver exit {proc.returncode}'}")
 
-    def write_small(self, name: str, data: bytes, *extra: str) -> None:
-        proc, stream = self._send(name, *extra)
+    def write_small(self, name: str, data: bytes) -> None:
+        """Declares size and SHA-256 up front: the receiver keeps a file that arrives cut or different unnamed."""
+        proc, stream = self._send(name, "--size", str(len(data)), "--sha256", hashlib.sha256(data).hexdigest())
         try:
             stream.write(data)
         except BrokenPipeError:
@@ -521,14 +544,15 @@ class SshDestination(Destination):
         self.sizes[name] = len(data)
 
     def write_manifest(self, data: bytes, keep: Keep) -> None:
-        extra = []
-        if keep.count:
-            extra += ["--keep-count", str(keep.count)]
-        if keep.age_days:
-            extra += ["--keep-age-days", str(keep.age_days)]
-        if keep.size:
-            extra += ["--keep-size", str(keep.size)]
-        self.write_small("manifest.json", data, *extra)
+        """The last file of a crash; the receiver then applies ITS retention policy, never ``keep``.
+
+        A client that could send limits could make the server delete every
+        other host's dumps (issue #19), so ``[keep]`` does not travel.
+        """
+        if keep.active:
+            self.log(f"{self.location}: [keep] is not sent; retention over ssh is the server's "
+                     "(kdumpkit receive DIR --keep-count N in its authorized_keys)")
+        self.write_small("manifest.json", data)
 
     def open_vmcore(self) -> Output:
         proc, stream = self._send(self.vmcore_name)
@@ -593,6 +617,13 @@ class _DiagnosingSink(Sink):
 
     def abort(self) -> None:
         self.inner.abort()
+
+
+def _reserved_id(probe_out: bytes, asked: str) -> str:
+    """The folder the receiver reserved (``crash-id=`` in its answer): ``asked`` or ``asked.N``."""
+    m = re.search(rb"\bcrash-id=(\S+)", probe_out or b"")
+    got = m.group(1).decode("ascii", "replace") if m else ""
+    return got if re.fullmatch(rf"{re.escape(asked)}(?:\.\d+)?", got) else asked
 
 
 def _tail(err: bytes | str | None) -> str:

@@ -29,6 +29,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from kdumpkit.capture.session import NO_ACTION_ENV, capture, printing_action, system_action
     from kdumpkit.dump import open_dump
+    from kdumpkit.kexec.status import in_capture_kernel
     from kdumpkit.setup.config import Config, load_config
 
     cfg = load_config(args.config) if os.path.exists(args.config) or args.config != DEFAULT_CONFIG else Config()
@@ -40,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"kdumpkit: {msg}", file=sys.stderr, flush=True)
 
     no_action = args.no_action or os.environ.get(NO_ACTION_ENV, "") not in ("", "0")
+    if not no_action and not in_capture_kernel():
+        log("not a capture kernel (no /proc/vmcore or no elfcorehdr= on the command line): "
+            "the final action is not taken here")
+        no_action = True
     action = printing_action(log) if no_action else system_action
     with open_dump(args.vmcore) as src, progress_reporter("capture", json_events=args.json) as progress:
         report = capture(cfg, src, action=action, log=log, progress=progress)

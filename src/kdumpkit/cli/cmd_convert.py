@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
 from kdumpkit.cli.progress import print_json, progress_reporter
 from kdumpkit.dump import open_dump
+from kdumpkit.dump.base import runs_count
 from kdumpkit.dump.codecs import OPTION_CODECS
 from kdumpkit.dump.convert import WRITE_FORMATS, convert
+from kdumpkit.dump.raw import side_file_paths
+from kdumpkit.errors import DumpError
 
 EXIT_INCOMPLETE = 3
 
@@ -47,19 +51,44 @@ def run(args: argparse.Namespace) -> int:
         stats = convert(src, out, args.format, force=args.force, codec=None if codec == "none" else codec,
                         exclude_zero=args.exclude_zero, elf_class=32 if args.elf32 else 64, progress=progress,
                         workers=args.num_threads)
-        incomplete = src.incomplete
+        missing = runs_count(src.missing_runs())
+        incomplete = src.incomplete or missing > 0
+    if out != "-":
+        _check_opens(out, args.format)
     result = {"output": out, "format": stats.format, "pages_written": stats.pages_written,
               "zero_pages": stats.zero_pages, "excluded_pages": stats.excluded_pages,
-              "bytes_written": stats.bytes_written, "incomplete": incomplete, **stats.extra}
+              "bytes_written": stats.bytes_written, "incomplete": incomplete, "missing_pages": missing, **stats.extra}
     if args.json:
         print_json(result)
     elif out != "-":
         print(f"{out}: {stats.format}, {stats.pages_written} pages written, {stats.excluded_pages} excluded, "
-              f"{stats.bytes_written} bytes", file=sys.stderr)
+              + (f"{missing} missing, " if missing else "") + f"{stats.bytes_written} bytes", file=sys.stderr)
         if stats.extra.get("crash_options"):
             print(f"kdumpkit: LKCD carries no VMCOREINFO; open it with: crash {stats.extra['crash_options']} "
                   f"VMLINUX {out}", file=sys.stderr)
     if incomplete:
-        print("kdumpkit: warning: the input is incomplete; the output is flagged incomplete", file=sys.stderr)
+        what = f"{missing} pages missing" if missing else "which pages are missing is unknown"
+        print(f"kdumpkit: warning: the input is incomplete ({what}); the output is flagged incomplete and "
+              f"its missing pages read as missing", file=sys.stderr)
         return EXIT_INCOMPLETE
     return 0
+
+
+def _check_opens(out: str, fmt: str) -> None:
+    """Never leave an output kdumpkit itself cannot open: open it, remove it (and its side files) if that fails.
+
+    Opening reads headers and indexes, not pages: little next to the writing.
+    """
+    from kdumpkit.errors import KdumpkitError
+
+    expect = "kdump" if fmt == "flat" else fmt
+    try:
+        open_dump(out, format=expect).close()
+    except KdumpkitError as e:
+        sides = side_file_paths(out) if fmt == "raw" else []
+        for p in (out, *sides):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+        raise DumpError(f"{out} was written but does not open as {expect} ({e}); removed") from None

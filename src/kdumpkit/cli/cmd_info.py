@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     pages = info["pages"]
     rows += [
         ("RAM", f"{_human(info['ram_bytes'])} in {len(info['ram_ranges'])} ranges"),
-        ("pages", f"{pages['ram']} RAM, {pages['dumped']} dumped, {pages['excluded']} excluded"),
+        ("pages", f"{pages['ram']} RAM, {pages['dumped']} dumped, {pages['excluded']} excluded"
+                  + (f", {pages['missing']} MISSING" if pages["missing"] else "")),
         ("CPUs (NT_PRSTATUS)", info["cpus"]),
         ("notes", ", ".join(f"{k}×{v}" for k, v in info["notes"].items()) or "none"),
     ]

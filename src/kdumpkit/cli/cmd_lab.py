@@ -53,6 +53,17 @@ def register(sub: Any) -> None:
     d.add_argument("--timeout", type=float, default=600, metavar="S")
     d.set_defaults(func=cmd_demo)
 
+    s = lsub.add_parser("system", help="a real Debian installation in QEMU, used the way an administrator uses it: "
+                                       "install, setup, reboot, crash, dump in /var/crash, report")
+    s.add_argument("--suite", default="bookworm", help="Debian suite of the installed system (bookworm)")
+    s.add_argument("--variant", default="default", help="storage/network layout (default: root on ext4 on virtio)")
+    s.add_argument("--tool", default="kdumpkit", help="the kdump tool under test (kdumpkit)")
+    s.add_argument("--out", required=True, metavar="DIR",
+                   help="journey.json, console.log, var-crash/, report.txt, guest/ go here")
+    s.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    s.add_argument("--json", action="store_true", help="print journey.json instead of the table")
+    s.set_defaults(func=cmd_system)
+
     e = lsub.add_parser("estimate-crashkernel", help="bisect the smallest crashkernel= that captures (minutes)")
     add_estimate_args(e)
 
@@ -154,6 +165,33 @@ def cmd_run(args: argparse.Namespace) -> int:
                  scenario=args.scenario, capture=args.capture, timeout=args.timeout, accel=args.accel,
                  on_line=_echo if args.verbose else _live, load_mode=args.load_mode, live=args.live)
     _print_result(result)
+    return 0
+
+
+def cmd_system(args: argparse.Namespace) -> int:
+    import sys
+
+    from kdumpkit.cli.progress import print_json
+    from kdumpkit.lab.journey import failure_line, run_journey
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    j = run_journey(suite=args.suite, variant=args.variant, tool=args.tool, out=Path(args.out), accel=args.accel,
+                    log=log)
+    if args.json:
+        print_json(j.to_json())
+    else:
+        print(f"journey {j.suite}/{j.variant} with {j.tool} ({j.release}, {j.accel}, {j.mem_mb} MiB, "
+              f"crashkernel={j.crashkernel or '?'}): {j.result.upper()}")
+        for row in j.phases:
+            print(f"  {row['name']:<24} {row['seconds']:>7.1f} s")
+        for d in j.crash_dirs:
+            print(f"  /var/crash/{d}: {', '.join(f.split('/', 1)[1] for f in j.files if f.startswith(d + '/'))}")
+        print(f"  {j.out / 'journey.json'}")
+    if j.result != "pass":
+        print(f"kdumpkit: {failure_line(j)}", file=sys.stderr)
+        return 1
     return 0
 
 

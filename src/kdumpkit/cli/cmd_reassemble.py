@@ -5,6 +5,8 @@ is for peers that do not (older crash, libkdumpfile users) and for exact
 "later record wins" semantics.  ``IN`` may be ``-`` (stdin), so
 ``ssh host kdumpkit convert … --format flat - | kdumpkit reassemble - vmcore``
 works.  Progress is a rich bar when stderr is a terminal, silence otherwise.
+A stream cut short (no end marker) leaves OUT flagged incomplete and exits 3,
+or, when the dump in it cannot carry that flag, leaves no OUT and exits 1.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"problem: {p}")
         if rep.problem_count > len(rep.problems):
             print(f"... and {rep.problem_count - len(rep.problems)} more problems")
-        print(f"{rep.path}: {rep.format}, {rep.pages_checked} pages checked, "
+        missing = f", {rep.missing_pages} pages MISSING" if rep.missing_pages else ""
+        print(f"{rep.path}: {rep.format}, {rep.pages_checked} pages checked{missing}, "
               + ("OK" if rep.ok else f"{rep.problem_count} problems"))
     return 0 if rep.ok else 1

@@ -21,7 +21,7 @@ import bisect
 
 import numpy as np
 
-from kdumpkit.dump.base import Buffer, Dump, DumpInfo, Note, PageState, merge_runs
+from kdumpkit.dump.base import Buffer, Dump, DumpInfo, Note, PageState, merge_runs, subtract_runs
 from kdumpkit.dump.fileio import ByteSource
 from kdumpkit.dump.lime import LIME_HEADER, LIME_MAGIC
 from kdumpkit.dump.sink import Sink
@@ -66,8 +66,9 @@ class AvmlDump(Dump):
         self.page_size = page_size
         self.arch = arch
         self.byteorder = "little"
-        self.truncated = False
+        self.truncated = not getattr(src, "complete", True)  # a flattened stream without its end marker
         self.blocks: list[_Block] = []
+        missing: list[tuple[int, int]] = []  # a block cut short: its header says which pages it held
         ps = page_size
         off = 0
         while off < src.size:
@@ -84,6 +85,7 @@ class AvmlDump(Dump):
             if h.version == 1:  # a plain block (mixed files are not written by avml, but cost nothing)
                 if data_off + length > src.size:
                     self.truncated = True
+                    missing.append((h.s_addr // ps, (h.e_addr + 1) // ps))
                     break
                 self.blocks.append(_Block(h.s_addr // ps, (h.e_addr + 1) // ps, data_off, -length))
                 off = data_off + length
@@ -96,6 +98,7 @@ class AvmlDump(Dump):
             end = self._frame_end(data_off)
             if end is None or end + TRAILER > src.size:
                 self.truncated = True
+                missing.append((h.s_addr // ps, (h.e_addr + 1) // ps))
                 break
             clen = int.from_bytes(src.read(end, TRAILER), "little")
             if clen != end - data_off:
@@ -105,7 +108,9 @@ class AvmlDump(Dump):
         self.blocks.sort(key=lambda b: b.start)
         self._starts = [b.start for b in self.blocks]
         self._dumped = merge_runs((b.start, b.end) for b in self.blocks)
-        self.max_pfn = self._dumped[-1][1] if self._dumped else 0
+        self._missing = subtract_runs(merge_runs(missing), self._dumped)
+        self._ram = merge_runs(self._dumped + self._missing)
+        self.max_pfn = self._ram[-1][1] if self._ram else 0
         self.incomplete = self.truncated
         self._cache: tuple[int, bytes] | None = None
 
@@ -135,11 +140,14 @@ class AvmlDump(Dump):
 
     # -- Dump primitives --------------------------------------------------------
     def ram_runs(self) -> list[tuple[int, int]]:
-        # AVML drops all-zero blocks; where they were is unknowable, so RAM is what is stored.
-        return list(self._dumped)
+        # AVML drops all-zero blocks; where they were is unknowable, so RAM is what is stored (or cut short).
+        return list(self._ram)
 
     def dumped_runs(self) -> list[tuple[int, int]]:
         return list(self._dumped)
+
+    def missing_runs(self) -> list[tuple[int, int]]:
+        return list(self._missing)
 
     def _block(self, pfn: int) -> _Block | None:
         i = bisect.bisect_right(self._starts, pfn) - 1
@@ -148,7 +156,9 @@ class AvmlDump(Dump):
         return None
 
     def page_state(self, pfn: int) -> PageState:
-        return PageState.DUMPED if self._block(pfn) is not None else PageState.NOT_RAM
+        if self._block(pfn) is not None:
+            return PageState.DUMPED
+        return PageState.MISSING if any(s <= pfn < e for s, e in self._missing) else PageState.NOT_RAM
 
     def _block_bytes(self, b: _Block) -> bytes:
         if self._cache is not None and self._cache[0] == b.data_off:
@@ -206,9 +216,13 @@ def _blocks_of(source: Dump, batch_pages: int) -> list[tuple[int, int]]:
 def write_avml(source: Dump, sink: Sink, *, compress: bool = True, progress: Progress | None = None) -> WriteStats:
     """Write ``source`` as AVML does: 16 MiB blocks, all-zero blocks skipped, snappy-framed if ``compress``.
 
-    Excluded and missing pages are not RAM to AVML; notes are dropped (the
-    stats say how many).
+    Excluded pages are not RAM to AVML; notes are dropped (the stats say how
+    many).  AVML cannot say "missing" or "incomplete": an incomplete source is
+    refused (:mod:`kdumpkit.dump.missing`).
     """
+    from kdumpkit.dump.missing import check_recordable
+
+    check_recordable(source, "avml")
     ps = source.page_size
     per_block = MAX_BLOCK_SIZE // ps
     blocks = _blocks_of(source, per_block)

@@ -12,7 +12,8 @@ states keep apart what kdump users must never confuse:
 
 Readers implement a few primitives (``ram_runs``, ``dumped_runs``,
 ``page_state``, ``_read_dumped``); reading addresses, iterating and the
-notes helpers are shared here.
+notes helpers are shared here.  ``missing_runs`` has a default that asks
+``page_state``; readers that know their missing pages cheaply override it.
 """
 
 from __future__ import annotations
@@ -73,6 +74,26 @@ def runs_count(runs: Iterable[tuple[int, int]]) -> int:
     return sum(e - s for s, e in runs)
 
 
+def subtract_runs(runs: list[tuple[int, int]], minus: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted merged ``runs`` minus sorted merged ``minus`` (linear merge)."""
+    out: list[tuple[int, int]] = []
+    j = 0
+    for s, e in runs:
+        cur = s
+        while j < len(minus) and minus[j][1] <= cur:
+            j += 1
+        k = j
+        while k < len(minus) and minus[k][0] < e:
+            ms, me = minus[k]
+            if ms > cur:
+                out.append((cur, ms))
+            cur = max(cur, me)
+            k += 1
+        if cur < e:
+            out.append((cur, e))
+    return out
+
+
 class Dump(ABC):
     """A crash dump seen as physical memory plus notes.
 
@@ -103,6 +124,26 @@ class Dump(ABC):
     @abstractmethod
     def page_state(self, pfn: int) -> PageState:
         """The state of one page."""
+
+    def missing_runs(self) -> list[tuple[int, int]]:
+        """Sorted, merged runs of MISSING pages: RAM the dump should hold but does not.
+
+        The default asks :meth:`page_state` about every RAM page the dump does
+        not hold, and only when the dump is flagged incomplete (a complete
+        dump has none), so it costs nothing on the common case.  Readers that
+        know their missing pages from their own structures override it.
+        """
+        if not self.incomplete:
+            return []
+        out: list[tuple[int, int]] = []
+        for s, e in subtract_runs(self.ram_runs(), self.dumped_runs()):
+            for pfn in range(s, e):
+                if self.page_state(pfn) is PageState.MISSING:
+                    if out and out[-1][1] == pfn:
+                        out[-1] = (out[-1][0], pfn + 1)
+                    else:
+                        out.append((pfn, pfn + 1))
+        return out
 
     @abstractmethod
     def _read_dumped(self, pfn: int, count: int) -> Buffer:
@@ -214,7 +255,12 @@ class Dump(ABC):
         return [n for n in self.notes() if n.type == NT_PRSTATUS and n.name == "CORE"]
 
     def page_counts(self) -> dict[str, int]:
-        """Counts of RAM pages, dumped pages and excluded pages."""
+        """Counts of RAM, dumped, excluded and missing pages (``ram = dumped + excluded + missing``).
+
+        Missing pages are never counted as excluded: a filter dropping a page
+        and a dump that stopped before writing it mean different things.
+        """
         ram = runs_count(self.ram_runs())
         dumped = runs_count(self.dumped_runs())
-        return {"ram": ram, "dumped": dumped, "excluded": max(ram - dumped, 0)}
+        missing = runs_count(self.missing_runs())
+        return {"ram": ram, "dumped": dumped, "excluded": max(ram - dumped - missing, 0), "missing": missing}

@@ -36,8 +36,11 @@ def header_utsname(source: Dump) -> dict[str, str] | None:
 
 def write_to_sink(source: Dump, sink: Sink, fmt: str, *, path: str = "", codec: str | None = "zlib",
                   exclude_zero: bool = False, dump_level: int = 0, elf_class: int = 64,
-                  progress: Progress | None = None, workers: int = 1) -> WriteStats:
+                  progress: Progress | None = None, workers: int = 1, force: bool = False) -> WriteStats:
     """Dispatch to the writer of ``fmt`` (``flat`` = kdump-compressed in a flattened stream)."""
+    from kdumpkit.dump.missing import check_recordable
+
+    check_recordable(source, fmt)  # missing pages are recorded as missing, or nothing is written
     if fmt == "elf":
         from kdumpkit.dump.elf import write_elf
 
@@ -55,7 +58,7 @@ def write_to_sink(source: Dump, sink: Sink, fmt: str, *, path: str = "", codec: 
     if fmt == "raw":
         from kdumpkit.dump.raw import write_raw
 
-        return write_raw(source, sink, path, progress=progress)
+        return write_raw(source, sink, path, force=force, progress=progress)
     if fmt == "lkcd":
         from kdumpkit.dump.lkcd import write_lkcd
 
@@ -87,7 +90,7 @@ def convert(source: Dump, out: str, fmt: str, *, force: bool = False, **kw: Any)
     else:
         sink = FileSink(part, overwrite=True)
     try:
-        stats = write_to_sink(source, sink, fmt, path=out, **kw)
+        stats = write_to_sink(source, sink, fmt, path=out, force=force, **kw)
         sink.close()
     except BaseException:
         sink.abort()

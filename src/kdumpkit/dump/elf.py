@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdumpkit.dump.base import Dump, DumpInfo, Note, merge_runs
+from kdumpkit.dump.base import Dump, DumpInfo, Note, merge_runs, subtract_runs
 from kdumpkit.dump.elfnotes import build_notes, parse_notes
 from kdumpkit.dump.fileio import ByteSource
 from kdumpkit.dump.segments import Segment, SegmentDump
@@ -215,14 +215,15 @@ def write_elf(source: Dump, sink: Sink, *, elf_class: int = 64, exclude_zero: bo
     if exclude_zero:
         dumped = nonzero_runs(source, dumped)
     zero_pages = sum(e - s for s, e in source.dumped_runs()) - sum(e - s for s, e in dumped)
-    segs = _segments_for(ram, dumped)
+    missing = source.missing_runs()
+    segs = _segments_for(subtract_runs(ram, missing), dumped)
     limit = 1 << elf_class
     if segs and (segs[-1][0] + segs[-1][2]) * ps > limit:
         raise UsageError("memory above 4 GiB needs an ELF64 dump")
     ei_class = ELFCLASS64 if elf_class == 64 else ELFCLASS32
     ehdr_s, phdr_s, shdr_s = _layouts(ei_class, "little")
     note_blob = build_notes(source.notes())
-    phnum = 1 + len(segs)
+    phnum = 1 + len(segs) + len(missing)
     xnum = phnum >= PN_XNUM
     phoff = ehdr_s.size
     shoff = phoff + phnum * phdr_s.size if xnum else 0
@@ -245,6 +246,9 @@ def write_elf(source: Dump, sink: Sink, *, elf_class: int = 64, exclude_zero: bo
                                  p_vaddr=(direct + paddr) & (limit - 1) if direct is not None else 0, p_paddr=paddr,
                                  p_filesz=fpages * ps, p_memsz=mpages * ps, p_align=0))
         off += fpages * ps
+    # Missing pages: PT_LOADs whose data would start at the end of the file, as in a copy cut short.
+    phdrs += [phdr_s.pack(p_type=PT_LOAD, p_flags=PF_RWX, p_offset=off, p_paddr=s * ps, p_filesz=(e - s) * ps,
+                          p_memsz=(e - s) * ps) for s, e in missing]
     # Headers first, marked incomplete; the flag is cleared once every page is down.
     sink.pwrite(0, ehdr)
     sink.pwrite(phoff, b"".join(phdrs))
@@ -267,6 +271,7 @@ def write_elf(source: Dump, sink: Sink, *, elf_class: int = 64, exclude_zero: bo
     if total == 0 and data_off > note_off + len(note_blob):
         sink.pwrite(data_off - 1, b"\0")
     # A source that lacks pages stays flagged: its missing pages are not "excluded".
-    sink.pwrite(0, ehdr_s.pack(ehdr_s.unpack(ehdr), e_flags=DUMP_ELF_INCOMPLETE if source.incomplete else 0))
+    sink.pwrite(0, ehdr_s.pack(ehdr_s.unpack(ehdr), e_flags=DUMP_ELF_INCOMPLETE if source.incomplete or missing else 0))
     return WriteStats("elf", pages_written=total, zero_pages=zero_pages,
-                      excluded_pages=sum(e - s for s, e in ram) - total, bytes_written=off)
+                      excluded_pages=sum(e - s for s, e in ram) - total - sum(e - s for s, e in missing),
+                      bytes_written=off, extra={"missing_pages": sum(e - s for s, e in missing)})

@@ -12,6 +12,13 @@ they overlap, maps every logical range to positions in the stream.  Any
 format reader (kdump, ELF) then reads through it.  :class:`FlattenedSink`
 turns any writer's ``pwrite`` calls into a stream; :func:`reassemble` is
 ``makedumpfile -R``.
+
+A stream without its end marker lost its last writes.  Readers consult
+``FlattenedFile.complete`` and flag the dump incomplete; :func:`reassemble`
+writes ``OUT.part``, and on a stream cut short keeps OUT only when the dump
+inside can carry the incomplete flag (kdump, ELF), setting it, and raises
+:class:`StreamCutShortError` either way: a partial OUT never passes for a
+complete dump.
 """
 
 from __future__ import annotations
@@ -67,7 +74,8 @@ class FlattenedFile(ByteSource):
     """The logical file a flattened stream describes, read in place.
 
     ``complete`` is False when the stream ends without its end marker (an
-    interrupted transfer); the records present are still served.
+    interrupted transfer); the records present are still served, and every
+    reader flags a dump read through an incomplete stream incomplete.
     """
 
     def __init__(self, raw: ByteSource) -> None:
@@ -269,6 +277,15 @@ class FlattenedSink(Sink):
         self._finish(marker=False)
 
 
+class StreamCutShortError(TruncatedDumpError):
+    """The stream ended before its end marker; ``kept``: OUT was kept, flagged incomplete (exit 3), else removed."""
+
+    def __init__(self, what: str, offset: int, *, kept: bool) -> None:
+        super().__init__(what, offset)
+        self.kept = kept
+        self.exit_code = 3 if kept else 1
+
+
 def reassemble(
     src_path: str,
     dst_path: str,
@@ -280,8 +297,13 @@ def reassemble(
 
     ``src_path`` ``"-"`` reads stdin.  Records are applied in stream order, so
     later ones override earlier ones; gaps stay sparse (read as zeros).
-    ``progress(bytes_read, total_or_0)`` is called per record.
+    ``progress(bytes_read, total_or_0)`` is called per record.  The file is
+    written as ``dst_path.part`` and renamed when done; a stream cut short
+    raises :class:`StreamCutShortError` after keeping OUT flagged incomplete
+    (kdump, ELF) or removing it.
     """
+    if os.path.lexists(dst_path) and not overwrite:
+        raise OutputError(f"{dst_path} exists (will not overwrite a dump; use --force)")
     src: IO[bytes]
     if src_path == "-":
         src = sys.stdin.buffer
@@ -292,13 +314,43 @@ def reassemble(
         except OSError as e:
             raise OutputError(f"cannot open {src_path}: {e.strerror}") from None
         total = os.fstat(src.fileno()).st_size
-    fd = open_dump_output(dst_path, overwrite=overwrite)
+    part = dst_path + ".part"
     try:
-        return _reassemble_stream(src, fd, dst_path, total, progress)
+        fd = open_dump_output(part, overwrite=True)
+        try:
+            size = _reassemble_stream(src, fd, part, total, progress)
+        finally:
+            os.close(fd)
+    except TruncatedDumpError as e:
+        raise _cut_short(part, dst_path, e) from None
+    except BaseException:
+        _unlink(part)
+        raise
     finally:
-        os.close(fd)
         if src is not sys.stdin.buffer:
             src.close()
+    os.replace(part, dst_path)
+    return size
+
+
+def _cut_short(part: str, dst: str, err: TruncatedDumpError) -> StreamCutShortError:
+    """Keep what a cut-short stream delivered only if the dump in it can say it is incomplete."""
+    from kdumpkit.dump.missing import flag_file_incomplete
+
+    if flag_file_incomplete(part):
+        os.replace(part, dst)
+        return StreamCutShortError(f"{err.what}: the stream ends without its end marker; "
+                                   f"{dst} kept, flagged incomplete", err.offset, kept=True)
+    _unlink(part)
+    return StreamCutShortError(f"{err.what}: the stream ends without its end marker, and what it delivered "
+                               f"cannot be flagged incomplete; {dst} not written", err.offset, kept=False)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _read_exact(src: IO[bytes], n: int, what: str, pos: int) -> bytes:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from kdumpkit.dump import codecs
-from kdumpkit.dump.base import Buffer, Dump, DumpInfo, Note, PageState, merge_runs, runs_count
+from kdumpkit.dump.base import Buffer, Dump, DumpInfo, Note, PageState, merge_runs, runs_count, subtract_runs
 from kdumpkit.dump.codecs import COMPRESSION_FLAGS, FLAG_EXCLUDED_VMEMMAP, FLAG_INCOMPLETE, decompress_page, flag_name
 from kdumpkit.dump.elfnotes import build_notes, parse_notes
 from kdumpkit.dump.fileio import ByteSource
@@ -220,26 +220,6 @@ def set_bitmap_runs(bm: np.ndarray, runs: list[tuple[int, int]]) -> None:
                 bm[p >> 3] |= 1 << (p & 7)
 
 
-def subtract_runs(runs: list[tuple[int, int]], minus: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted merged ``runs`` minus sorted merged ``minus`` (linear merge)."""
-    out: list[tuple[int, int]] = []
-    j = 0
-    for s, e in runs:
-        cur = s
-        while j < len(minus) and minus[j][1] <= cur:
-            j += 1
-        k = j
-        while k < len(minus) and minus[k][0] < e:
-            ms, me = minus[k]
-            if ms > cur:
-                out.append((cur, ms))
-            cur = max(cur, me)
-            k += 1
-        if cur < e:
-            out.append((cur, e))
-    return out
-
-
 def clip_runs(runs: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
     return [(max(s, start), min(e, end)) for s, e in runs if e > start and s < end]
 
@@ -285,7 +265,8 @@ class KdumpFile(Dump):
         self.machine = cstr(h.machine)
         self.arch = self.machine or "unknown"
         self.status = h.status
-        self.incomplete = bool(h.status & FLAG_INCOMPLETE) and not self.is_diskdump
+        # A flattened stream that ends without its end marker lost its last writes, whatever the header says.
+        self.incomplete = bool(h.status & FLAG_INCOMPLETE) and not self.is_diskdump or not getattr(src, "complete", True)
         self.sub = self._read_sub_header()
         self.max_mapnr = self._max_mapnr()
         self.max_pfn = self.max_mapnr
@@ -513,6 +494,13 @@ class KdumpFile(Dump):
                 runs = subtract_runs(runs, self._missing_runs())
             self._dumped_cache = runs
         return list(self._dumped_cache)
+
+    def missing_runs(self) -> list[tuple[int, int]]:
+        """Pages with a 2nd-bitmap bit but no data: other pieces' pages of a split set, unwritten ones."""
+        runs: list[tuple[int, int]] = []
+        if self.split:
+            runs = subtract_runs(_and_runs(self._bm1, self._bm2, self.max_mapnr), [(self.start_pfn, self.end_pfn)])
+        return merge_runs(runs + (self._missing_runs() if self.incomplete else []))
 
     def _missing_runs(self) -> list[tuple[int, int]]:
         """Pfn runs whose descriptor is zero or beyond EOF (incomplete dumps only)."""
@@ -932,12 +920,15 @@ def write_kdump(
     only for the codecs in :data:`PARALLEL_CODECS`.
     """
     dumped = source.dumped_runs()
+    missing = source.missing_runs()
     if pfn_range is not None:
         dumped = clip_runs(dumped, *pfn_range)
+        missing = clip_runs(missing, *pfn_range)
     return write_kdump_piece(
         source,
         sink,
         dumped=dumped,
+        missing=missing,
         piece=None,
         codec=codec,
         exclude_zero=exclude_zero,
@@ -955,6 +946,7 @@ def write_kdump_piece(
     *,
     dumped: list[tuple[int, int]],
     piece: tuple[int, int] | None,
+    missing: list[tuple[int, int]] | None = None,
     codec: str | None = "zlib",
     exclude_zero: bool = False,
     dump_level: int = 0,
@@ -968,7 +960,9 @@ def write_kdump_piece(
     A split piece keeps the full bitmaps and a descriptor array sized for all
     dumped pages, but writes descriptors and data only for its own pfns,
     starting at descriptor 0 (makedumpfile's layout; crash counts from
-    ``start_pfn``).
+    ``start_pfn``).  ``missing`` pages keep their 2nd-bitmap bit with an
+    empty descriptor under the INCOMPLETE flag: what makedumpfile leaves for
+    pages it never wrote, and what readers report as missing, not excluded.
     """
     if codec is not None:
         codecs.codec(codec)  # fail early on a codec we cannot load
@@ -976,8 +970,11 @@ def write_kdump_piece(
     if share_zero:
         dump_level |= 1
     ps = source.page_size
-    layout = plan_layout(source, dumped)
+    missing = missing or []
+    listed = merge_runs(dumped + missing)  # the 2nd bitmap
+    layout = plan_layout(source, listed)
     own = clip_runs(dumped, *piece) if piece is not None else dumped
+    own_missing = clip_runs(missing, *piece) if piece is not None else missing
     vmci = parse_vmcoreinfo_min(source.vmcoreinfo_raw())
     uts = default_utsname(source, vmci)
     uts.update(utsname or {})
@@ -1016,7 +1013,7 @@ def write_kdump_piece(
     hs = layout.header_struct
     sink.pwrite(0, hs.pack(header))
     sink.pwrite(ps, layout.sub_struct.pack(sub) + layout.notes_blob)
-    for runs, off in ((source.ram_runs(), layout.bitmap_off), (dumped, layout.bitmap_off + layout.bitmap_len)):
+    for runs, off in ((source.ram_runs(), layout.bitmap_off), (listed, layout.bitmap_off + layout.bitmap_len)):
         bm = np.zeros(layout.bitmap_len, dtype=np.uint8)
         set_bitmap_runs(bm, clip_runs(runs, 0, layout.max_mapnr))
         for o in range(0, layout.bitmap_len, 8 << 20):
@@ -1030,8 +1027,11 @@ def write_kdump_piece(
         cur += ps
     total = runs_count(own)
     done = zero_pages = 0
-    idx = 0
+    idx = mi = 0
     for _pfn, n, (blob, sizes, flags, zero) in _encoded(source, own, codec, share_zero, workers):
+        while mi < len(own_missing) and own_missing[mi][0] < _pfn:  # their descriptors stay zero
+            idx += own_missing[mi][1] - own_missing[mi][0]
+            mi += 1
         descs = np.zeros(n, dtype=desc_dtype)
         ends = np.cumsum(sizes, dtype=np.int64)
         descs["offset"] = cur + ends - sizes
@@ -1054,16 +1054,16 @@ def write_kdump_piece(
         if progress is not None:
             progress(done, total)
     # Complete now — unless the source itself lacks pages: those are not "excluded".
-    header["status"] = flag | (FLAG_INCOMPLETE if source.incomplete else 0)
+    header["status"] = flag | (FLAG_INCOMPLETE if source.incomplete or missing else 0)
     sink.pwrite(0, hs.pack(header))
     ram = runs_count(source.ram_runs())
     return WriteStats(
         format="kdump",
         pages_written=done,
         zero_pages=zero_pages,
-        excluded_pages=max(ram - runs_count(dumped), 0),
+        excluded_pages=max(ram - runs_count(listed), 0),
         bytes_written=cur,
         compression=codec or "none",
-        extra={"shared_zero": share_zero, "dump_level": dump_level, "split": piece,
+        extra={"missing_pages": runs_count(missing), "shared_zero": share_zero, "dump_level": dump_level, "split": piece,
                "workers": workers if (codec in PARALLEL_CODECS or source.reopen_spec()) else 1},
     )

@@ -3,7 +3,10 @@
 Layout (LiME ``src/lime.h``): magic 0x4C694D45, version 1, ``s_addr``,
 ``e_addr`` (**inclusive** end), 8 reserved bytes, then the range's bytes.
 LiME carries no notes and cannot say "excluded": writing one zero-fills
-excluded pages and drops notes, and the writer's stats say so.
+excluded pages and drops notes, and the writer's stats say so.  Nor can it
+say "missing" or "incomplete", so an incomplete source is refused
+(:mod:`kdumpkit.dump.missing`), and so is one without RAM: a LiME file with no
+range is not a LiME file.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from kdumpkit.dump.fileio import ByteSource
 from kdumpkit.dump.segments import Segment, SegmentDump
 from kdumpkit.dump.sink import Sink
 from kdumpkit.dump.writer import Progress, WriteStats
-from kdumpkit.errors import CorruptDumpError, NotADumpError
+from kdumpkit.errors import CorruptDumpError, DumpError, NotADumpError
 from kdumpkit.structs import Struct
 
 LIME_MAGIC = 0x4C694D45
@@ -62,9 +65,14 @@ class LimeDump(SegmentDump):
 
 
 def write_lime(source: Dump, sink: Sink, *, progress: Progress | None = None, batch: int = 1024) -> WriteStats:
-    """One LiME range per RAM run; excluded or missing pages become zeros."""
+    """One LiME range per RAM run; excluded pages become zeros, an incomplete source is refused."""
+    from kdumpkit.dump.missing import check_recordable
+
+    check_recordable(source, "lime")
     ps = source.page_size
     ram = source.ram_runs()
+    if not ram:
+        raise DumpError("the input has no RAM pages: a LiME file needs at least one range")
     total = sum(e - s for s, e in ram)
     off = done = zero_filled = 0
     zero = bytes(ps * batch)

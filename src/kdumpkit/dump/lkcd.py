@@ -16,7 +16,9 @@ summarised in the shared reference formats.md §8.2):
 Records are sequential with no index, so the reader builds one in a single
 scan (NumPy arrays of pfn, offset, size, flags — 20 bytes a page).  LKCD has
 no notes and cannot say "excluded": RAM is what the dump holds.  A file
-without the END record was cut short and is flagged incomplete.
+without the END record was cut short and is flagged incomplete; the page of a
+record cut short is MISSING.  LKCD cannot list missing pages, so ``convert``
+refuses an input with missing pages to LKCD (:mod:`kdumpkit.dump.missing`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import zlib
 
 import numpy as np
 
-from kdumpkit.dump.base import NT_PRSTATUS, Buffer, Dump, DumpInfo, Note, PageState
+from kdumpkit.dump.base import NT_PRSTATUS, Buffer, Dump, DumpInfo, Note, PageState, merge_runs, subtract_runs
 from kdumpkit.dump.elfnotes import PRSTATUS_REG_OFFSET_X86_64, X86_64_USER_REGS, x86_64_prstatus
 from kdumpkit.dump.fileio import ByteSource
 from kdumpkit.dump.sink import Sink
@@ -194,6 +196,7 @@ class LkcdDump(Dump):
         flags: list[int] = []
         off = self.data_offset
         self.ended = False
+        self._missing: list[tuple[int, int]] = []
         while off + rec.size <= src.size:
             r = rec.unpack(src.read(off, rec.size))
             if r.flags & DUMP_END:
@@ -204,6 +207,7 @@ class LkcdDump(Dump):
             if r.size > ps or (r.flags & DUMP_RAW and r.size not in (0, ps)):
                 raise CorruptDumpError(f"LKCD page record at offset {off}: size {r.size} for a {ps}-byte page")
             if off + rec.size + r.size > src.size:
+                self._missing = [(r.address // ps, r.address // ps + 1)]
                 break
             pfns.append(r.address // ps)
             offs.append(off + rec.size)
@@ -228,15 +232,20 @@ class LkcdDump(Dump):
             self._runs = [(int(p[s]), int(p[e - 1]) + 1) for s, e in zip(starts, ends, strict=True)]
         else:
             self._runs = []
-        self.max_pfn = self._runs[-1][1] if self._runs else 0
-        self.incomplete = not self.ended
+        self._missing = subtract_runs(self._missing, self._runs)
+        self._ram = merge_runs(self._runs + self._missing)
+        self.max_pfn = self._ram[-1][1] if self._ram else 0
+        self.incomplete = not self.ended or not getattr(src, "complete", True)
 
     # -- Dump primitives --------------------------------------------------------
     def ram_runs(self) -> list[tuple[int, int]]:
-        return list(self._runs)
+        return list(self._ram)
 
     def dumped_runs(self) -> list[tuple[int, int]]:
         return list(self._runs)
+
+    def missing_runs(self) -> list[tuple[int, int]]:
+        return list(self._missing)
 
     def _index(self, pfn: int) -> int | None:
         if pfn < 0:
@@ -245,7 +254,9 @@ class LkcdDump(Dump):
         return i if i < len(self._pfns) and int(self._pfns[i]) == pfn else None
 
     def page_state(self, pfn: int) -> PageState:
-        return PageState.DUMPED if self._index(pfn) is not None else PageState.NOT_RAM
+        if self._index(pfn) is not None:
+            return PageState.DUMPED
+        return PageState.MISSING if any(s <= pfn < e for s, e in self._missing) else PageState.NOT_RAM
 
     def _page(self, i: int) -> bytes:
         ps = self.page_size
@@ -390,7 +401,7 @@ def write_lkcd(source: Dump, sink: Sink, *, version: int = 8, compression: str =
             done += n
             if progress:
                 progress(done, total)
-    if not source.incomplete:
+    if not source.incomplete and not source.missing_runs():
         sink.pwrite(off, PAGE_REC.pack(address=0, size=0, flags=DUMP_END))
         off += PAGE_REC.size
     mem_start = ram[0][0] * ps if ram else 0

@@ -51,6 +51,9 @@ class VmcoreinfoOverride(Dump):
     def page_state(self, pfn: int) -> PageState:
         return self.inner.page_state(pfn)
 
+    def missing_runs(self) -> list[tuple[int, int]]:
+        return self.inner.missing_runs()
+
     def _read_dumped(self, pfn: int, count: int) -> Buffer:
         return self.inner._read_dumped(pfn, count)
 

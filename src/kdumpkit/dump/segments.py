@@ -5,7 +5,10 @@ starts, where its bytes are in the file, how many bytes are stored and how
 much memory it covers.  This module turns that into the page-level view of
 :class:`kdumpkit.dump.base.Dump`: overlapping segments (the kernel text in a
 vmcore), excluded tails (``p_filesz < p_memsz``) and a file cut short (pages
-past its end are MISSING).
+past its end are MISSING, and so are all pages of a segment whose data would
+start past the end: that is how a writer records pages it never had).  A
+flattened stream that lost its end marker (``FlattenedFile.complete``) makes
+the dump truncated too, whatever its pages say.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from kdumpkit.dump.base import Buffer, Dump, PageState, merge_runs
+from kdumpkit.dump.base import Buffer, Dump, PageState, merge_runs, subtract_runs
 from kdumpkit.dump.fileio import ByteSource
 from kdumpkit.errors import CorruptDumpError
 
@@ -42,11 +45,14 @@ class SegmentDump(Dump):
     src: ByteSource
     truncated: bool = False
 
-    def _map_segments(self, segments: list[Segment]) -> None:
+    def _map_segments(self, segments: list[Segment], missing_pfns: list[tuple[int, int]] | None = None) -> None:
+        """Build the page view; ``missing_pfns`` are extra MISSING runs a format records on its own."""
         ps = self.page_size
         ram: list[tuple[int, int]] = []
         raw_pieces: list[_Piece] = []
-        missing: list[tuple[int, int]] = []
+        missing: list[tuple[int, int]] = list(missing_pfns or [])
+        if not getattr(self.src, "complete", True):
+            self.truncated = True
         for seg in segments:
             start = seg.paddr // ps
             ram.append((start, (seg.paddr + seg.memsz) // ps))
@@ -72,10 +78,10 @@ class SegmentDump(Dump):
             covered = max(covered, p.end)
         self._pieces = pieces
         self._starts = [p.start for p in pieces]
-        self._ram = merge_runs(ram)
-        self._ram_starts = [s for s, _ in self._ram]
         self._dumped = merge_runs((p.start, p.end) for p in pieces)
-        self._missing = merge_runs(missing)
+        self._missing = subtract_runs(merge_runs(missing), self._dumped)  # another segment may hold the page
+        self._ram = merge_runs(ram + self._missing)
+        self._ram_starts = [s for s, _ in self._ram]
         self.max_pfn = max((e for _, e in self._ram), default=0)
 
     def ram_runs(self) -> list[tuple[int, int]]:
@@ -83,6 +89,9 @@ class SegmentDump(Dump):
 
     def dumped_runs(self) -> list[tuple[int, int]]:
         return list(self._dumped)
+
+    def missing_runs(self) -> list[tuple[int, int]]:
+        return list(self._missing)
 
     def _piece(self, pfn: int) -> _Piece | None:
         i = bisect.bisect_right(self._starts, pfn) - 1
@@ -93,9 +102,9 @@ class SegmentDump(Dump):
     def page_state(self, pfn: int) -> PageState:
         if self._piece(pfn) is not None:
             return PageState.DUMPED
-        for s, e in self._missing:
-            if s <= pfn < e:
-                return PageState.MISSING
+        i = bisect.bisect_right(self._missing, (pfn, 1 << 62)) - 1
+        if i >= 0 and pfn < self._missing[i][1]:
+            return PageState.MISSING
         i = bisect.bisect_right(self._ram_starts, pfn) - 1
         if i >= 0 and pfn < self._ram[i][1]:
             return PageState.EXCLUDED

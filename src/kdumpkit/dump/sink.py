@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from abc import ABC, abstractmethod
 
 from kdumpkit.dump.base import Buffer
@@ -50,15 +51,41 @@ class Sink(ABC):
 
 
 def open_dump_output(path: str, *, overwrite: bool = False) -> int:
-    """Open ``path`` for a new dump, mode 0600; refuses to clobber unless asked."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    """Create ``path`` for a new dump: ``O_CREAT|O_EXCL|O_NOFOLLOW``, mode 0600.
+
+    Never writes through a symlink and never inherits an old file's mode or
+    owner: with ``overwrite`` an existing file or symlink is unlinked (the
+    link itself, not its target) and a new file created in its place; callers
+    that need the old contents to survive until the end write ``PATH.part``
+    and rename it.  Without ``overwrite`` an existing name is refused.  A
+    device node (a raw-device target) is opened as it is: there is nothing to
+    create.
+    """
+    if overwrite:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise OutputError(f"cannot create {path}: {e.strerror}") from None
+        if st is not None and (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+            try:
+                return os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as e:
+                raise OutputError(f"cannot open {path}: {e.strerror}") from None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            try:
+                os.unlink(path)
+            except OSError as e:
+                raise OutputError(f"cannot replace {path}: {e.strerror}") from None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags, DUMP_FILE_MODE)
     except FileExistsError:
         raise OutputError(f"{path} exists (will not overwrite a dump; use --force)") from None
     except OSError as e:
         raise OutputError(f"cannot create {path}: {e.strerror}") from None
-    os.fchmod(fd, DUMP_FILE_MODE)
+    os.fchmod(fd, DUMP_FILE_MODE)  # the umask may have taken bits away, never added: make it exact
     return fd
 
 

@@ -145,7 +145,8 @@ def write_kdump_split(source: Dump, sinks: Sequence[Sink], **kw: Any) -> list[Wr
         raise UsageError("pfn_range does not combine with a split dump")
     dumped = source.dumped_runs()
     max_pfn = max([source.max_pfn] + [e for _, e in source.ram_runs()[-1:]] + [e for _, e in dumped[-1:]])
+    missing = source.missing_runs()  # recorded as missing in their piece, never as excluded
     stats = []
     for sink, piece in zip(sinks, split_ranges(dumped, max_pfn, len(sinks)), strict=True):
-        stats.append(write_kdump_piece(source, sink, dumped=dumped, piece=piece, **kw))
+        stats.append(write_kdump_piece(source, sink, dumped=dumped, piece=piece, missing=missing, **kw))
     return stats

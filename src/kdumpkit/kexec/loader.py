@@ -123,12 +123,15 @@ def default_kernel(root: Path | str = "/") -> Path:
     return rootp / f"boot/vmlinuz-{_release(rootp)}"
 
 
-INITRD_CANDIDATES = ("var/lib/kdumpkit/initrd.img-{r}", "boot/initramfs-{r}kdump.img", "var/lib/kdump/initrd.img-{r}",
-                     "boot/initrd.img-{r}", "boot/initramfs-{r}.img")
+#: Capture initramfs images, kdumpkit's first: kdumpctl's and kdump-tools' are capture images too.
+INITRD_CANDIDATES = ("var/lib/kdumpkit/initrd.img-{r}", "boot/initramfs-{r}kdump.img", "var/lib/kdump/initrd.img-{r}")
+#: The system's own boot initramfs: it mounts the root filesystem and boots the
+#: whole system, it does not capture.  Used only when named with ``--initrd``.
+SYSTEM_INITRDS = ("boot/initrd.img-{r}", "boot/initramfs-{r}.img")
 
 
 def default_initrd(root: Path | str = "/") -> Path | None:
-    """The first capture initramfs found: kdumpkit's own, then kdumpctl's and kdump-tools', then the system one."""
+    """The first capture initramfs found: kdumpkit's own, then kdumpctl's and kdump-tools' (never the system one)."""
     rootp = Path(root)
     r = _release(rootp)
     for pattern in INITRD_CANDIDATES:
@@ -136,6 +139,14 @@ def default_initrd(root: Path | str = "/") -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def _no_capture_initrd(root: Path) -> UsageError:
+    r = _release(root)
+    system = [p for p in (root / pat.format(r=r) for pat in SYSTEM_INITRDS) if p.is_file()]
+    hint = (f"; {system[0]} is the system's boot initramfs, not a capture one (give it with --initrd to use it "
+            "anyway)") if system else ""
+    return UsageError(f"no capture initramfs for {r}: run kdumpkit initramfs build (or give --initrd PATH){hint}")
 
 
 def plan_load(*, root: Path | str = "/", kernel: str | Path | None = None, initrd: str | Path | None = None,
@@ -162,7 +173,7 @@ def plan_load(*, root: Path | str = "/", kernel: str | Path | None = None, initr
     if not no_initrd:
         ipath = Path(initrd) if initrd else default_initrd(rootp)
         if ipath is None:
-            raise UsageError("no capture initramfs found (give --initrd PATH, or --no-initrd)")
+            raise _no_capture_initrd(rootp)
         if not ipath.is_file():
             raise UsageError(f"capture initramfs {ipath} not found")
         if initrd is None:

@@ -77,6 +77,17 @@ def _int(text: str | None) -> int | None:
         return None
 
 
+def in_capture_kernel(root: Path | str = "/") -> bool:
+    """Whether this is a capture kernel: ``/proc/vmcore`` exists and the loader passed ``elfcorehdr=``.
+
+    Both, because either alone can mislead: a test points ``--vmcore`` at a
+    file on a running system, and a hand-typed command line can carry anything.
+    """
+    rootp = Path(root)
+    cmdline = _read(rootp, "proc/cmdline") or ""
+    return (rootp / "proc/vmcore").exists() and any(w.startswith("elfcorehdr=") for w in cmdline.split())
+
+
 def meminfo(root: Path) -> dict[str, int]:
     out: dict[str, int] = {}
     for line in (_read(root, "proc/meminfo") or "").splitlines():

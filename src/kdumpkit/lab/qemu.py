@@ -184,28 +184,41 @@ def choose_accel(accel: str) -> str:
 
 @dataclass
 class VMConfig:
-    """What a lab VM is made of."""
+    """What a lab VM is made of.
 
-    vmlinuz: Path
-    initrd: Path
+    ``vmlinuz=None`` boots from the first disk through its own boot loader
+    (the installed-system lab); ``extra`` are further QEMU arguments (drives
+    on other controllers, NICs); ``reboot=True`` lets a guest reboot instead
+    of ending QEMU.
+    """
+
+    vmlinuz: Path | None
+    initrd: Path | None
     cmdline: str
     mem_mb: int
     disks: list[Path]
     accel: str = "tcg"
     smp: int = 2
     network: bool = False  # one virtio-net NIC on user-mode networking
+    extra: list[str] = field(default_factory=list)
+    reboot: bool = False
 
     def command(self, qmp_socket: Path) -> list[str]:
         cpu = "host" if self.accel == "kvm" else "max"
         cmd = [qemu_binary(), "-accel", self.accel, "-cpu", cpu, "-smp", str(self.smp), "-m", str(self.mem_mb),
-               "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio", "-monitor", "none",
-               "-qmp", f"unix:{qmp_socket},server=on,wait=off",
-               "-kernel", str(self.vmlinuz), "-initrd", str(self.initrd), "-append", self.cmdline]
+               "-nodefaults", "-display", "none", "-serial", "stdio", "-monitor", "none",
+               "-qmp", f"unix:{qmp_socket},server=on,wait=off"]
+        if not self.reboot:
+            cmd.append("-no-reboot")
+        if self.vmlinuz is not None:
+            cmd += ["-kernel", str(self.vmlinuz), "-append", self.cmdline]
+            if self.initrd is not None:
+                cmd += ["-initrd", str(self.initrd)]
         for d in self.disks:
             cmd += ["-drive", f"file={d},if=virtio,format=raw,cache=unsafe"]
         if self.network:
             cmd += ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
-        return cmd
+        return cmd + self.extra
 
 
 @dataclass

@@ -26,12 +26,14 @@ import lzma
 import os
 import stat
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdumpkit.errors import ConfigError, KdumpkitError
 from kdumpkit.lab import cpio
 from kdumpkit.lab.modules import builtin_modules, dependencies, load_order, module_index
+from kdumpkit.setup.blockdev import FS_MODULE, FS_SOFTDEPS, TargetFs, locate
 from kdumpkit.setup.config import Config, load_config, loads_config
 from kdumpkit.setup.network import INIT_NETWORK, HostNic, add_network_files, default_route_nic, network_modules
 from kdumpkit.setup.runtime import Runtime, add_runtime
@@ -44,8 +46,6 @@ DEFAULT_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci
                    "virtio_blk")
 OPTIONAL_MODULES = frozenset({"virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_ring",
                               "virtio"})
-#: Filesystem drivers for ``local`` targets on a mounted device.
-FS_MODULES = {"ext4": ("ext4",), "xfs": ("xfs",), "vfat": ("vfat",)}
 COMPRESSIONS = ("gzip", "xz", "none")
 #: ``host_nic`` default of :func:`capture_tree`: look at this host's default route.
 DETECT = "detect"
@@ -96,10 +96,26 @@ for dev in $(cat /etc/kdumpkit/devices); do
         sleep 0.1
     done
 done
-while read -r dev dir fstype; do
-    [ -n "$dev" ] || continue
-    mkdir -p "$dir"
-    mount -t "$fstype" "$dev" "$dir" || say "warn mount-failed=$dev"
+# Local targets: the filesystem that holds each one (found by UUID/LABEL when
+# the image was built), mounted under /kdumpkit/mnt and the target directory
+# bound at the path the configuration names.  A target that cannot be mounted
+# stays on the RAM root, and kdumpkit capture refuses to write there.
+n=0
+while read -r spec fstype subdir target; do
+    [ -n "$spec" ] || continue
+    n=$((n + 1)); mnt=/kdumpkit/mnt/$n; dev=""; i=0
+    mkdir -p "$mnt" "$target"
+    while [ -z "$dev" ] && [ $i -le 300 ]; do
+        case "$spec" in
+            UUID=*|LABEL=*|PARTUUID=*) dev=$(findfs "$spec" 2>/dev/null) ;;
+            *) [ -b "$spec" ] && dev=$spec ;;
+        esac
+        [ -n "$dev" ] || { i=$((i + 1)); sleep 0.1; }
+    done
+    [ -n "$dev" ] || { say "warn mount-failed=$spec reason=no-device"; continue; }
+    mount -t "$fstype" "$dev" "$mnt" || { say "warn mount-failed=$spec device=$dev"; continue; }
+    mkdir -p "$mnt/$subdir" && mount -o bind "$mnt/$subdir" "$target" &&
+        say "mounted $spec ($dev) $subdir on $target" || say "warn bind-failed=$target"
 done </etc/kdumpkit/mounts
 # Not fatal: without a network the capture's fallback chain moves on to local/raw targets.
 [ -e /etc/kdumpkit/network ] && { network || say "warn network-down: ssh/nfs targets will fail"; }
@@ -107,7 +123,8 @@ say "phase=capture-start release=$(uname -r) vmcore-size=$(stat -c %s /proc/vmco
 KDUMPKIT_NO_ACTION=1 /bin/kdumpkit capture --config /etc/kdumpkit/kdumpkit.toml
 rc=$?
 sync
-for dir in $(cut -d' ' -f2 /etc/kdumpkit/mounts); do umount "$dir" 2>/dev/null; done
+while read -r spec fstype subdir target; do [ -n "$target" ] && umount "$target" 2>/dev/null; done </etc/kdumpkit/mounts
+for mnt in /kdumpkit/mnt/*; do umount "$mnt" 2>/dev/null; done
 case $rc in
     0|3) say "phase=capture-done rc=$rc"; act "$(cat /etc/kdumpkit/final_action)" ;;
     *) fail "kdumpkit capture exited $rc" ;;
@@ -115,20 +132,27 @@ esac
 '''.replace("@NETWORK@", INIT_NETWORK.lstrip("\n"))
 
 
-@dataclass
-class Mount:
-    """A filesystem /init mounts before the capture (for ``local`` targets)."""
+def parse_mount(spec: str) -> TargetFs:
+    """``--mount DEVICE:DIRECTORY[:FSTYPE]``: mount the whole filesystem at DIRECTORY (no detection)."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0].startswith(("/", "UUID=", "LABEL=", "PARTUUID=")) \
+            or not parts[1].startswith("/"):
+        raise ConfigError(f"--mount wants DEVICE:DIRECTORY[:FSTYPE], not {spec!r}")
+    fstype = parts[2] if len(parts) == 3 else "ext4"
+    fsmod = FS_MODULE.get(fstype, fstype)
+    return TargetFs(path=parts[1], spec=parts[0], fstype=fstype, subdir="", device=parts[0],
+                    modules=(fsmod, *FS_SOFTDEPS.get(fsmod, ())))
 
-    device: str
-    directory: str
-    fstype: str = "ext4"
 
-    @classmethod
-    def parse(cls, spec: str) -> Mount:
-        parts = spec.split(":")
-        if len(parts) not in (2, 3) or not parts[0].startswith("/") or not parts[1].startswith("/"):
-            raise ConfigError(f"--mount wants DEVICE:DIRECTORY[:FSTYPE], not {spec!r}")
-        return cls(*parts)
+def local_target_mounts(cfg: Config, locate_fn: Callable[[str], TargetFs] = locate) -> list[TargetFs]:
+    """The filesystems of the configuration's local targets (and ``rootfs_path``), found on this system."""
+    paths = [t.path for t in cfg.targets if t.type == "local"]
+    if cfg.failure_action == "dump_to_rootfs":
+        paths.append(cfg.rootfs_path)
+    found: dict[str, TargetFs] = {}
+    for p in paths:
+        found.setdefault(os.path.normpath(p), locate_fn(p))
+    return list(found.values())
 
 
 @dataclass
@@ -220,7 +244,7 @@ def compress(data: bytes, how: str) -> bytes:
 
 
 def capture_tree(cfg_text: str, *, modules_dir: Path | None, modules: list[str] | None = None,
-                 mounts: list[Mount] | None = None, host_nic: HostNic | None | str = DETECT,
+                 mounts: list[TargetFs] | None = None, host_nic: HostNic | None | str = DETECT,
                  notes: list[str] | None = None) -> tuple[cpio.Tree, list[str], Runtime]:
     """The initramfs tree for the configuration ``cfg_text`` (validated first).
 
@@ -240,10 +264,11 @@ def capture_tree(cfg_text: str, *, modules_dir: Path | None, modules: list[str] 
     tree.node("dev/null", stat.S_IFCHR, 1, 3, 0o666)
     add_busybox(tree)
     wanted = list(DEFAULT_MODULES) + list(modules or [])
+    softdeps = {d for deps in FS_SOFTDEPS.values() for d in deps}
     for m in mounts:
-        wanted += [x for x in FS_MODULES.get(m.fstype, ()) if x not in wanted]
+        wanted += [x for x in m.modules if x not in wanted]
     wanted += [m for m in net.modules if m not in wanted]
-    order = add_modules(tree, modules_dir, wanted, net.optional)
+    order = add_modules(tree, modules_dir, wanted, net.optional | softdeps)
     runtime = add_runtime(tree, codecs=(cfg.codec,))
     if cfg.needs_network:
         add_network_files(tree, cfg, nic, net)
@@ -252,9 +277,9 @@ def capture_tree(cfg_text: str, *, modules_dir: Path | None, modules: list[str] 
     if notes is not None:
         notes += net.notes
     tree.file(CONFIG_PATH, cfg_text.encode(), 0o600)
-    devices = sorted({t.device for t in cfg.targets if t.type == "raw"} | {m.device for m in mounts})
+    devices = sorted({t.device for t in cfg.targets if t.type == "raw"})
     tree.file("etc/kdumpkit/devices", ("\n".join(devices) + "\n").encode())
-    tree.file("etc/kdumpkit/mounts", "".join(f"{m.device} {m.directory} {m.fstype}\n" for m in mounts).encode())
+    tree.file("etc/kdumpkit/mounts", "".join(m.mounts_line() for m in mounts).encode())
     tree.file("etc/kdumpkit/final_action", f"{cfg.final_action}\n".encode())
     failure = "reboot" if cfg.failure_action == "dump_to_rootfs" else cfg.failure_action
     tree.file("etc/kdumpkit/failure_action", f"{failure}\n".encode())
@@ -263,7 +288,7 @@ def capture_tree(cfg_text: str, *, modules_dir: Path | None, modules: list[str] 
 
 
 def build(out: Path | None, *, config: str | None = None, config_text: str | None = None,
-          modules_dir: Path | None = None, modules: list[str] | None = None, mounts: list[Mount] | None = None,
+          modules_dir: Path | None = None, modules: list[str] | None = None, mounts: list[TargetFs] | None = None,
           compression: str = "gzip", host_nic: HostNic | None | str = DETECT) -> tuple[bytes, BuildResult]:
     """Build the capture initramfs; write it to ``out`` (mode 0600) when given."""
     if config_text is None:

@@ -96,15 +96,32 @@ def install(ctx: Context, extra: dict[str, Any]) -> None:
     if isinstance(values["sysrq"], int) and not isinstance(values["sysrq"], bool) \
             and values["sysrq"] != 1 and not values["sysrq"] & SYSRQ_ENABLE_DUMP:
         ctx.note("warn", f"kernel.sysrq = {values['sysrq']} has no dump bit (8): SysRq-c only via /proc/sysrq-trigger")
-    if ctx.write(SYSCTL_CONF, render(values, current), detail="applied now, no reboot needed"):
-        _apply(ctx)
+    text = render(values, current)
+    if ctx.write(SYSCTL_CONF, text, detail="applied now, no reboot needed"):
+        _apply(ctx, text)
 
 
-def _apply(ctx: Context) -> None:
+def _apply(ctx: Context, text: str) -> None:
+    """``sysctl --system``; without procps (a minimal Debian has none), the values go to /proc/sys directly."""
     if find_program(ctx.root, "sysctl"):
         ctx.run(["sysctl", "--system"], "load /etc/sysctl.d")
+        return
+    if ctx.dry_run or not ctx.live:
+        ctx.note("info", "no sysctl program: the values would be written to /proc/sys")
+        return
+    failed = []
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if line.startswith("#") or not sep:
+            continue
+        try:
+            ctx.path("proc/sys/" + key.strip().replace(".", "/")).write_text(value.strip() + "\n")
+        except OSError:
+            failed.append(key.strip())
+    if failed:
+        ctx.note("warn", f"no sysctl program and /proc/sys refused {', '.join(failed)}: applied at the next boot")
     else:
-        ctx.note("warn", "no sysctl program: the values apply at the next boot")
+        ctx.note("info", "no sysctl program: values written to /proc/sys (systemd-sysctl applies them at boot)")
 
 
 def uninstall(ctx: Context) -> None:

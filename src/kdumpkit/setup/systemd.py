@@ -16,9 +16,11 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
+from kdumpkit.errors import ConfigError
 from kdumpkit.setup.system import MARK, Change, Context, find_program
 
 UNIT_DIR = "etc/systemd/system"
@@ -29,21 +31,51 @@ WANTS_DIR = f"{UNIT_DIR}/multi-user.target.wants"
 POSTINST_HOOK = "etc/kernel/postinst.d/zz-kdumpkit"
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9/._+:=,@-]+")
+
+
+def unit_arg(value: str) -> str:
+    """One argument of an ``Exec*=`` line, quoted by systemd's rules (systemd.service "Command lines").
+
+    systemd splits on blanks, honours double quotes with C-style backslash
+    escapes, expands ``%`` specifiers and ``$VAR``; so a value that is not plain is
+    double-quoted with ``\\``, ``\\"``, ``%%`` and ``$$``.  A newline (or any
+    control character) would end the directive and start another one: refused.
+    """
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise ConfigError(f"{value!r}: control characters cannot be passed to a systemd unit")
+    if _PLAIN.fullmatch(value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"'
+
+
+def unit_path(value: str) -> str:
+    """A path in a unit directive that takes a space-separated path list (``RequiresMountsFor=``).
+
+    Such directives have no quoting, only specifiers: blanks and control
+    characters cannot be expressed and are refused.
+    """
+    if any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in value) or not value.startswith("/"):
+        raise ConfigError(f"{value!r}: a unit path must be absolute, without blanks or control characters")
+    return value.replace("%", "%%")
+
+
 def load_unit(exe: str, append: str = "") -> str:
-    extra = f" --append {shlex.quote(append)}" if append else ""
+    extra = f" --append {unit_arg(append)}" if append else ""
     return f"""# {MARK}
 [Unit]
 Description=kdumpkit: load the capture kernel (kdump)
 After=local-fs.target
 ConditionPathExists=/sys/kernel/kexec_crash_size
-# No crash kernel memory reserved (no crashkernel= at boot): skip, do not fail.
-ExecCondition=/bin/sh -c 'test "$(cat /sys/kernel/kexec_crash_size)" -gt 0'
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart={exe} load{extra}
-ExecStop={exe} unload
+# No crash kernel memory reserved (no crashkernel= at boot): skip, do not fail.
+ExecCondition=/bin/sh -c 'test "$$(cat /sys/kernel/kexec_crash_size)" -gt 0'
+ExecStart={unit_arg(exe)} load{extra}
+ExecStop={unit_arg(exe)} unload
 
 [Install]
 WantedBy=multi-user.target
@@ -51,7 +83,7 @@ WantedBy=multi-user.target
 
 
 def report_unit(exe: str, config: str, mounts: list[str]) -> str:
-    requires = f"RequiresMountsFor={' '.join(sorted(set(mounts)))}\n" if mounts else ""
+    requires = f"RequiresMountsFor={' '.join(unit_path(m) for m in sorted(set(mounts)))}\n" if mounts else ""
     return f"""# {MARK}
 [Unit]
 Description=kdumpkit: restore raw-device dumps and write crash reports after a crash
@@ -59,7 +91,7 @@ After=local-fs.target network-online.target
 {requires}
 [Service]
 Type=oneshot
-ExecStart={exe} setup post-boot --config {shlex.quote(config)}
+ExecStart={unit_arg(exe)} setup post-boot --config {unit_arg(config)}
 Nice=10
 IOSchedulingClass=idle
 
@@ -75,8 +107,10 @@ def postinst_hook(exe: str, config: str) -> str:
 # kernel; reload when the updated kernel is the one running.
 version="$1"
 [ -n "$version" ] || exit 0
-[ -x {exe} ] || exit 0
-{exe} initramfs build --kernel-version "$version" --config {shlex.quote(config)} ||
+[ -x {shlex.quote(exe)} ] || exit 0
+config={shlex.quote(config)}
+if [ -e "$config" ]; then set -- --config "$config"; else set --; fi
+{shlex.quote(exe)} initramfs build --kernel-release "$version" "$@" ||
     echo "kdumpkit: capture initramfs for $version not built (kdump may not work after reboot)" >&2
 if [ "$version" = "$(uname -r)" ] && systemctl -q is-active {LOAD_UNIT} 2>/dev/null; then
     systemctl restart {LOAD_UNIT} || echo "kdumpkit: reload failed (kdumpkit status)" >&2
@@ -116,7 +150,8 @@ def build_initramfs(ctx: Context, *, exe: str, config: str, config_file: Path, r
         ctx.changes.append(Change("file", "unchanged", "/" + initrd_path(release), "capture initramfs"))
         return
     why = "capture initramfs missing" if not initrd.exists() else "the config changed since it was built"
-    ctx.run([exe, "initramfs", "build", "--kernel-version", release, "--config", config], why)
+    with_config = ["--config", config] if config_file.exists() else []  # else the built-in defaults
+    ctx.run([exe, "initramfs", "build", "--kernel-release", release, *with_config], why)
 
 
 def uninstall(ctx: Context) -> None:
