@@ -62,6 +62,26 @@ class UnsupportedCompressionError(UnsupportedError):
         return f"unsupported compression: {Exception.__str__(self)}"
 
 
+class BadDumpError(DumpError):
+    """A fact the dump gives about the crashed kernel has a value no kernel has.
+
+    Page filtering indexes ``struct page`` arrays with VMCOREINFO's sizes,
+    offsets and bit numbers; a negative offset or a 0-byte ``struct page``
+    would otherwise surface as an IndexError deep in NumPy.  ``field`` is
+    the VMCOREINFO key (``SIZE(page)``, ``NUMBER(PG_lru)`` …) so the one-line
+    message tells the user which line is wrong.
+    """
+
+    def __init__(self, field: str, value: object, expected: str) -> None:
+        super().__init__(field, value, expected)
+        self.field = field
+        self.value = value
+        self.expected = expected
+
+    def __str__(self) -> str:
+        return f"implausible VMCOREINFO {self.field}={self.value} (expected {self.expected})"
+
+
 class PageError(DumpError):
     """A page cannot be read; subclasses tell why."""
 

@@ -103,13 +103,12 @@ def test_volatile_fs_and_capture_refusal(tree: tuple[Path, Path, Path], monkeypa
     assert blockdev.volatile_fs("/var/crash", proc=proc) is None
     from kdumpkit.capture import targets
     from kdumpkit.errors import OutputError
-    from kdumpkit.kexec import status
 
-    monkeypatch.setattr(blockdev, "volatile_fs", lambda path: "rootfs")
-    monkeypatch.setattr(status, "in_capture_kernel", lambda root="/": True)
+    monkeypatch.setattr(targets, "volatile_fs", lambda path: "rootfs")
+    monkeypatch.setattr(targets, "in_capture_kernel", lambda root="/": True)
     with pytest.raises(OutputError, match="rootfs .its disk was not mounted"):
         targets.refuse_ram_target("/var/crash")
-    monkeypatch.setattr(status, "in_capture_kernel", lambda root="/": False)
+    monkeypatch.setattr(targets, "in_capture_kernel", lambda root="/": False)
     targets.refuse_ram_target("/var/crash")  # a running system: a tmpfs directory is the admin's choice
 
 

@@ -106,3 +106,14 @@ def test_pyc_is_sourceless_and_loads(tmp_path: Path) -> None:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.X == 42
+
+
+def test_runtime_carries_every_capture_module() -> None:
+    """Modules imported inside functions are found on disk, not listed by hand (one was missing once)."""
+    from kdumpkit.setup.runtime import kdumpkit_roots
+
+    roots = set(kdumpkit_roots())
+    for name in ("kdumpkit.setup.blockdev", "kdumpkit.capture.targets", "kdumpkit.kexec.status",
+                 "kdumpkit.dump.missing", "kdumpkit.kernel.printk", "kdumpkit.setup.config"):
+        assert name in roots, name
+    assert not any(r.startswith(("kdumpkit.lab", "kdumpkit.analyze")) or r.endswith(".testing") for r in roots)

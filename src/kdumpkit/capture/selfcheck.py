@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kdumpkit.errors import KdumpkitError, KernelError
+from kdumpkit.kernel.mm import plausible
 
 if TYPE_CHECKING:
     from kdumpkit.kernel.memory import KernelMemory
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["SelfCheck", "kernel_free_pages", "run_selfcheck"]
 
 STAT_THRESHOLD_MAX = 125
+MAX_NUMNODES = 1 << 10
 MARGIN_FRACTION = 0.01
 
 
@@ -69,8 +71,8 @@ def _online_nodes(kmem: KernelMemory, info: VmcoreInfo, max_nodes: int) -> list[
         raw = kmem.read_virt(sym, max(nbytes, 1))
     except KdumpkitError:
         return [0]
-    mask = int.from_bytes(raw, "little")
-    return [n for n in range(max_nodes) if mask >> n & 1] or [0]
+    mask = int.from_bytes(raw, "little") & ((1 << max_nodes) - 1)
+    return [n for n in range(mask.bit_length()) if mask >> n & 1] or [0]
 
 
 def kernel_free_pages(kmem: KernelMemory, info: VmcoreInfo) -> tuple[int, str, int]:
@@ -87,7 +89,8 @@ def kernel_free_pages(kmem: KernelMemory, info: VmcoreInfo) -> tuple[int, str, i
     where: str
     node_data = info.symbol("node_data")
     if node_data:
-        n = info.length("node_data") or 1
+        # MAX_NUMNODES is at most 1 << NODES_SHIFT (10): more is a bad fact, not a bigger machine
+        n = plausible("LENGTH(node_data)", info.length("node_data") or 1, 1, MAX_NUMNODES)
         for node in _online_nodes(kmem, info, n):
             p = kmem.read_pointer(node_data + node * kmem.pointer_size)
             if p:

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdumpkit.capture.dmesg import crash_hostname, dmesg_bytes
-from kdumpkit.capture.engine import SaveOptions, SaveResult, save_dump
+from kdumpkit.capture.engine import SaveOptions, SaveResult, describe_failure, save_dump
 from kdumpkit.capture.manifest import build_manifest, manifest_bytes
 from kdumpkit.capture.targets import KALLSYMS_NAME, Destination, SshDestination, crash_id_for, destination_for
 from kdumpkit.dump.base import Dump
 from kdumpkit.dump.writer import Progress
-from kdumpkit.errors import KdumpkitError, NoSpaceError, OutputError
+from kdumpkit.errors import KdumpkitError, OutputError
 from kdumpkit.kexec.kallsyms_snapshot import SNAPSHOT_PATH
 from kdumpkit.setup.config import Config, Target
 
@@ -81,7 +81,7 @@ def options_for(cfg: Config, dest: Destination) -> SaveOptions:
     workers = cfg.num_threads or max(1, os.cpu_count() or 1)
     fmt = "flat" if dest.streams else cfg.format
     return SaveOptions(fmt=fmt, codec=cfg.codec_or_none if fmt != "elf" else None, dump_levels=cfg.dump_levels,
-                       workers=workers if fmt != "elf" else 1, selfcheck=cfg.selfcheck)
+                       workers=workers if fmt != "elf" else 1, selfcheck=cfg.selfcheck, unfiltered_fallback=True)
 
 
 def capture(cfg: Config, source: Dump, *, action: Action, log: Log | None = None, progress: Progress | None = None,
@@ -143,6 +143,35 @@ def _read_snapshot(path: str | None, say: Log) -> bytes | None:
         return None
 
 
+def _save_vmcore(cfg: Config, source: Dump, dest: Destination, outcome: TargetOutcome, problems: list[str],
+                 timings: dict[str, float], say: Log, progress: Progress | None, have_dmesg: bool) -> SaveResult | None:
+    """The vmcore step of one target; whatever goes wrong, the target keeps its dmesg and gets a manifest.
+
+    Full disks and failed filters fall back inside :func:`save_dump` (next
+    level, then an unfiltered copy); what is left — no level fits, nothing
+    readable, a writer bug — makes the target "dmesg-only", and the manifest
+    says why, so the capture never ends with an empty folder.
+    """
+    name = outcome.target
+    t0 = time.monotonic()
+    result: SaveResult | None = None
+    fallbacks: list[str] = []
+    try:
+        result = save_dump(source, dest.open_vmcore, options_for(cfg, dest), progress=progress,
+                           log=lambda m: say(f"{name}: {m}"), fallbacks=fallbacks)
+        outcome.status = "incomplete" if result.incomplete else "complete"
+    except Exception as e:  # a bug in a writer must not cost the manifest (nor the next target)
+        why = describe_failure(e)
+        fallbacks.append(why)
+        outcome.status = "dmesg-only" if have_dmesg else "failed"
+        outcome.error = why
+        say(f"{name}: {why}; keeping the kernel log only")
+    problems.extend(f"vmcore: {why}" for why in fallbacks)
+    timings["vmcore"] = time.monotonic() - t0
+    outcome.result = result
+    return result
+
+
 def _one_target(cfg: Config, source: Dump, dest: Destination, target: Target, crash_id: str, hostname: str,
                 dmesg: bytes | None, problems: list[str], t_extract: float, say: Log,
                 progress: Progress | None, kallsyms: bytes | None = None) -> TargetOutcome:
@@ -164,20 +193,7 @@ def _one_target(cfg: Config, source: Dump, dest: Destination, target: Target, cr
                 dest.write_small(KALLSYMS_NAME, kallsyms)
             except KdumpkitError as e:  # the symbols are a convenience: never let them cost the vmcore
                 problems.append(f"{KALLSYMS_NAME}: {e}")
-        result: SaveResult | None = None
-        try:
-            t0 = time.monotonic()
-            result = save_dump(source, dest.open_vmcore, options_for(cfg, dest), progress=progress,
-                               log=lambda m: say(f"{name}: {m}"))
-            timings["vmcore"] = time.monotonic() - t0
-            outcome.status = "incomplete" if result.incomplete else "complete"
-        except NoSpaceError as e:
-            timings["vmcore"] = time.monotonic() - t0
-            problems.append(f"vmcore: {e}")
-            outcome.status = "dmesg-only" if dmesg is not None else "failed"
-            outcome.error = str(e)
-            say(f"{name}: {e}; keeping the kernel log only")
-        outcome.result = result
+        result = _save_vmcore(cfg, source, dest, outcome, problems, timings, say, progress, dmesg is not None)
         t0 = time.monotonic()
         files = dest.file_info()
         timings["checksums"] = time.monotonic() - t0

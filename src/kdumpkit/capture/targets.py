@@ -45,6 +45,8 @@ from kdumpkit.capture.retention import apply_retention
 from kdumpkit.dump.base import Buffer
 from kdumpkit.dump.sink import Sink
 from kdumpkit.errors import KdumpkitError, NoSpaceError, OutputError, UsageError
+from kdumpkit.kexec.status import in_capture_kernel
+from kdumpkit.setup.blockdev import volatile_fs
 from kdumpkit.setup.config import Keep, Target
 from kdumpkit.structs import Struct
 
@@ -113,9 +115,6 @@ def refuse_ram_target(path: str) -> None:
     that mount failed the path is a plain directory of the RAM root, and a
     dump written there vanishes at the reboot while the manifest says saved.
     """
-    from kdumpkit.kexec.status import in_capture_kernel
-    from kdumpkit.setup.blockdev import volatile_fs
-
     fstype = volatile_fs(path)
     if fstype is not None and in_capture_kernel():
         raise OutputError(f"{path} is on the capture kernel's {fstype} (its disk was not mounted): "
@@ -131,10 +130,22 @@ class LocalDestination(Destination):
 
     def open(self, crash_id: str) -> None:
         refuse_ram_target(self.base)
-        try:
-            os.makedirs(self.base, mode=0o700, exist_ok=True)
-        except OSError as e:
-            raise OutputError(f"cannot create {self.base}: {e.strerror}") from None
+        # Every missing component 0700, not just the last: os.makedirs gives the
+        # intermediate ones 0777 & ~umask, and the capture kernel's umask may be 000.
+        missing: list[str] = []
+        d = os.path.abspath(self.base)
+        while not os.path.isdir(d) and os.path.dirname(d) != d:
+            missing.append(d)
+            d = os.path.dirname(d)
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o700)
+                os.chmod(d, 0o700)  # exactly 0700 whatever the umask
+            except FileExistsError:
+                if not os.path.isdir(d):
+                    raise OutputError(f"cannot create {d}: not a directory") from None
+            except OSError as e:
+                raise OutputError(f"cannot create {d}: {e.strerror}") from None
         for n in range(100):  # never reuse a folder: a previous dump is never overwritten
             d = os.path.join(self.base, crash_id if n == 0 else f"{crash_id}.{n}")
             try:

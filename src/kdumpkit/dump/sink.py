@@ -17,6 +17,9 @@ from kdumpkit.dump.base import Buffer
 from kdumpkit.errors import NoSpaceError, OutputError
 
 DUMP_FILE_MODE = 0o600  # a dump holds every secret the machine had
+#: errnos that mean "this output cannot grow": a full disk, a quota, or a file-size
+#: limit (EFBIG under ``ulimit -f``; Python ignores SIGXFSZ) — all retried at the next level
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class Sink(ABC):
@@ -103,7 +106,7 @@ class FileSink(Sink):
             try:
                 n = os.copy_file_range(fd, self.fd, length, src_offset, offset)
             except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                if e.errno in NO_SPACE_ERRNOS:
                     raise NoSpaceError(f"{self.path} at offset {offset}") from None
                 if e.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
                     self._can_copy = False  # this pair of files cannot: stop asking
@@ -121,7 +124,7 @@ class FileSink(Sink):
             try:
                 n = os.pwrite(self.fd, view, offset)
             except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                if e.errno in NO_SPACE_ERRNOS:
                     raise NoSpaceError(f"{self.path} at offset {offset}") from None
                 raise OutputError(f"writing {self.path}: {e.strerror}") from None
             view = view[n:]

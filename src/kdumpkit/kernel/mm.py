@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
-from kdumpkit.errors import KdumpkitError, KernelError, TranslationError
+from kdumpkit.errors import BadDumpError, KdumpkitError, KernelError, TranslationError
 from kdumpkit.kernel.memory import KernelMemory
 from kdumpkit.kernel.paging import PageTableFault
 from kdumpkit.kernel.vmcoreinfo import VmcoreInfo
@@ -44,6 +44,9 @@ __all__ = [
     "SECTION_FLAG_MASK",
     "PhysReader",
     "StructPageMap",
+    "field_offset",
+    "page_struct_size",
+    "plausible",
     "struct_page_map",
 ]
 
@@ -58,8 +61,41 @@ multiple of the section size, so it is at least 64-byte aligned and masking
 six bits never drops an address bit."""
 
 _X86_64_SECTION_SIZE_BITS = 27
+_MIN_SECTION_SIZE_BITS = 20
 _X86_64_MAX_PHYSMEM_BITS = {False: 46, True: 52}
 _MAX_PHYS_CHUNK = 1 << 24  # read physical memory in blocks of at most 16 MiB
+STRUCT_PAGE_MIN, STRUCT_PAGE_MAX = 16, 1024
+"""Bounds for ``SIZE(page)``: every kernel's ``struct page`` is 32–80 bytes; the
+upper bound also caps the filter's window buffer (2^16 rows) at 64 MiB."""
+
+
+def plausible(field: str, value: int, lo: int, hi: int) -> int:
+    """``value`` if ``lo <= value <= hi``, else :class:`BadDumpError` naming the VMCOREINFO ``field``.
+
+    Checked once where the facts are gathered, so the filter's NumPy code can
+    index with them and never raises IndexError/OverflowError on a bad dump.
+    """
+    if not lo <= value <= hi:
+        raise BadDumpError(field, value, f"{lo}..{hi}")
+    return value
+
+
+@overload
+def field_offset(field: str, value: int, width: int, struct_size: int) -> int: ...
+@overload
+def field_offset(field: str, value: None, width: int, struct_size: int) -> None: ...
+@overload
+def field_offset(field: str, value: int | None, width: int, struct_size: int) -> int | None: ...
+def field_offset(field: str, value: int | None, width: int, struct_size: int) -> int | None:
+    """An ``OFFSET(...)`` whose ``width``-byte field must lie inside a ``struct_size``-byte struct."""
+    if value is None:
+        return None
+    return plausible(field, value, 0, struct_size - width)
+
+
+def page_struct_size(info: VmcoreInfo) -> int:
+    """``SIZE(page)``, required and plausible."""
+    return plausible("SIZE(page)", info.require_size("page"), STRUCT_PAGE_MIN, STRUCT_PAGE_MAX)
 
 
 class PhysReader:
@@ -245,14 +281,17 @@ def _decode_sections(kmem: KernelMemory, info: VmcoreInfo, root: int, nr_needed:
 
 def _sparsemem(kmem: KernelMemory, dump: Dump, info: VmcoreInfo, size: int, max_pfn: int) -> StructPageMap:
     root = info.require_symbol("mem_section")
-    sec_size = info.require_size("mem_section")
-    map_off = info.require_offset("mem_section.section_mem_map")
+    sec_size = plausible("SIZE(mem_section)", info.require_size("mem_section"), kmem.pointer_size, kmem.page_size)
+    map_off = field_offset("OFFSET(mem_section.section_mem_map)", info.require_offset("mem_section.section_mem_map"),
+                           kmem.pointer_size, sec_size)
     page_shift = (kmem.page_size).bit_length() - 1
     l5 = info.number("pgtable_l5_enabled") == 1
-    ssb = info.number("SECTION_SIZE_BITS") or _X86_64_SECTION_SIZE_BITS
-    mpb = info.number("MAX_PHYSMEM_BITS") or _X86_64_MAX_PHYSMEM_BITS[l5]
-    if ssb <= page_shift or mpb <= ssb:
-        raise KernelError(f"implausible SECTION_SIZE_BITS={ssb} / MAX_PHYSMEM_BITS={mpb}")
+    # every architecture's sections are 2^24..2^30 bytes; below 2^20 the section table alone would
+    # need gigabytes on a large machine (an OOM kill in the capture kernel instead of an error)
+    ssb = plausible("NUMBER(SECTION_SIZE_BITS)", info.number("SECTION_SIZE_BITS") or _X86_64_SECTION_SIZE_BITS,
+                    max(page_shift + 1, _MIN_SECTION_SIZE_BITS), 63)
+    mpb = plausible("NUMBER(MAX_PHYSMEM_BITS)", info.number("MAX_PHYSMEM_BITS") or _X86_64_MAX_PHYSMEM_BITS[l5],
+                    ssb + 1, 64)
     pfn_shift = ssb - page_shift
     nr_sections = 1 << (mpb - ssb)
     spr = kmem.page_size // sec_size
@@ -331,9 +370,10 @@ def _flatmem(kmem: KernelMemory, dump: Dump, info: VmcoreInfo, size: int, max_pf
 def struct_page_map(kmem: KernelMemory, dump: Dump, info: VmcoreInfo | None = None) -> StructPageMap:
     """Find ``struct page`` for the dump's pfns: SPARSEMEM(_EXTREME/_VMEMMAP), else FLATMEM."""
     info = info if info is not None else kmem.vmcoreinfo
-    size = info.require_size("page")
+    size = page_struct_size(info)
     max_pfn = dump.max_pfn
-    if info.symbol("mem_section") and info.size("mem_section") and info.offset("mem_section.section_mem_map") is not None:
+    if info.symbol("mem_section") and info.size("mem_section") is not None \
+            and info.offset("mem_section.section_mem_map") is not None:
         return _sparsemem(kmem, dump, info, size, max_pfn)
     if info.symbol("mem_map"):
         return _flatmem(kmem, dump, info, size, max_pfn)

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdumpkit.errors import KernelError
+from kdumpkit.errors import BadDumpError, KernelError
+from kdumpkit.kernel.mm import field_offset, page_struct_size, plausible
 from kdumpkit.kernel.vmcoreinfo import VmcoreInfo
 
 __all__ = [
@@ -122,38 +123,59 @@ class PageFlagsSpec:
 
     @classmethod
     def from_vmcoreinfo(cls, info: VmcoreInfo, *, byteorder: str = "little") -> PageFlagsSpec:
-        """Read every constant from VMCOREINFO; raise :class:`KernelError` when the basics are missing."""
-        size = info.require_size("page")
+        """Read every constant from VMCOREINFO.
+
+        Raises :class:`KernelError` when the basics are missing and
+        :class:`BadDumpError` (naming the key) when a size, offset or bit
+        number is one no kernel has: every field read from a ``struct page``
+        row must lie inside it, every flag bit inside the 64-bit ``flags``.
+        """
+        size = page_struct_size(info)
         version = info.kernel_version() or (0, 0, 0)
 
         def num(name: str) -> int | None:
             return info.number(name)
 
-        pg_lru = num("PG_lru")
-        pg_private = num("PG_private")
+        def bit(name: str) -> int | None:
+            nr = num(name)
+            return None if nr is None else plausible(f"NUMBER({name})", nr, 0, 63)
+
+        def offset(name: str, width: int) -> int | None:
+            return field_offset(f"OFFSET({name})", info.offset(name), width, size)
+
+        pg_lru = bit("PG_lru")
+        pg_private = bit("PG_private")
         head_mask = num("PG_head_mask")
         if pg_lru is None or pg_private is None:
             raise KernelError("VMCOREINFO lacks NUMBER(PG_lru)/NUMBER(PG_private): cannot classify pages")
-        off_head = info.offset("page.compound_head")
+        if head_mask is not None and not (0 < head_mask < 1 << 64 and head_mask & (head_mask - 1) == 0):
+            raise BadDumpError("NUMBER(PG_head_mask)", head_mask, "one bit of the 64-bit page flags")
+        off_flags = offset("page.flags", 8) or 0
+        off_head = offset("page.compound_head", 8)
         if off_head is None:
-            off_head = info.offset("page.compound_info")  # 7.1 rename
+            off_head = offset("page.compound_info", 8)  # 7.1 rename
+        max_order = info.length("zone.free_area")
+        if max_order is not None:
+            plausible("LENGTH(zone.free_area)", max_order, 1, 64)
         # compound order / destructor location in the first tail page, per era
         order_off: int | None = None
         order_size = 1
         dtor_off: int | None = None
         dtor_size = 1
+        order_key = dtor_key = ""  # the VMCOREINFO keys the tail offsets come from (for errors)
         hugetlb_mapcount = num("PAGE_HUGETLB_MAPCOUNT_VALUE")
-        pg_hugetlb = num("PG_hugetlb")
+        pg_hugetlb = bit("PG_hugetlb")
         if hugetlb_mapcount is not None or pg_hugetlb is not None:
-            order_off = info.offset("page.flags") or 0  # folio._flags_1 & 0xff (6.6+)
+            order_off, order_key = off_flags, "OFFSET(page.flags)"  # folio._flags_1 & 0xff (6.6+)
         elif info.offset("folio._folio_order") is not None:
-            fo = info.offset("folio._folio_order")
-            fd = info.offset("folio._folio_dtor")
-            order_off = None if fo is None else fo - size
-            dtor_off = None if fd is None else fd - size
+            # folio fields past the head page: offsets into the first tail page
+            fo = field_offset("OFFSET(folio._folio_order)", info.offset("folio._folio_order"), 1, 2 * size)
+            fd = field_offset("OFFSET(folio._folio_dtor)", info.offset("folio._folio_dtor"), 1, 2 * size)
+            order_off, order_key = None if fo is None else fo - size, "OFFSET(folio._folio_order) - SIZE(page)"
+            dtor_off, dtor_key = None if fd is None else fd - size, "OFFSET(folio._folio_dtor) - SIZE(page)"
         else:
-            order_off = info.offset("page.compound_order")
-            dtor_off = info.offset("page.compound_dtor")
+            order_off, order_key = info.offset("page.compound_order"), "OFFSET(page.compound_order)"
+            dtor_off, dtor_key = info.offset("page.compound_dtor"), "OFFSET(page.compound_dtor)"
             if version < (4, 16, 0):
                 order_size = 2
                 dtor_size = 2
@@ -162,38 +184,38 @@ class PageFlagsSpec:
                 nxt = info.offset("list_head.next") or 0
                 prv = info.offset("list_head.prev") or 8
                 if order_off is None and lru is not None:
-                    order_off = lru + prv
+                    order_off, order_key = lru + prv, "OFFSET(page.lru)"
                 if dtor_off is None and lru is not None:
-                    dtor_off = lru + nxt
+                    dtor_off, dtor_key = lru + nxt, "OFFSET(page.lru)"
                     dtor_size = 8
         return cls(
             size=size,
-            off_flags=info.offset("page.flags") or 0,
-            off_mapping=info.require_offset("page.mapping"),
-            off_mapcount=info.offset("page._mapcount"),
-            off_private=info.offset("page.private"),
+            off_flags=off_flags,
+            off_mapping=field_offset("OFFSET(page.mapping)", info.require_offset("page.mapping"), 8, size),
+            off_mapcount=offset("page._mapcount", 4),
+            off_private=offset("page.private", 8),
             off_compound_head=off_head,
             pg_lru=pg_lru,
             pg_private=pg_private,
-            pg_swapcache=num("PG_swapcache"),
-            pg_swapbacked=num("PG_swapbacked"),
-            pg_slab=num("PG_slab"),
+            pg_swapcache=bit("PG_swapcache"),
+            pg_swapbacked=bit("PG_swapbacked"),
+            pg_slab=bit("PG_slab"),
             slab_mapcount=_u32(num("PAGE_SLAB_MAPCOUNT_VALUE")),
-            pg_hwpoison=num("PG_hwpoison"),
+            pg_hwpoison=bit("PG_hwpoison"),
             head_mask=head_mask or 0,
             buddy_mapcount=_u32(num("PAGE_BUDDY_MAPCOUNT_VALUE")),
-            pg_buddy=num("PG_buddy"),
+            pg_buddy=bit("PG_buddy"),
             offline_mapcount=_u32(num("PAGE_OFFLINE_MAPCOUNT_VALUE")),
             unaccepted_mapcount=_u32(num("PAGE_UNACCEPTED_MAPCOUNT_VALUE")),
             hugetlb_mapcount=_u32(hugetlb_mapcount),
             pg_hugetlb=pg_hugetlb,
             hugetlb_dtor=num("HUGETLB_PAGE_DTOR"),
             free_huge_page=info.symbol("free_huge_page"),
-            tail_order_off=order_off,
+            tail_order_off=field_offset(order_key, order_off, order_size, size),
             tail_order_size=order_size,
-            tail_dtor_off=dtor_off,
+            tail_dtor_off=field_offset(dtor_key, dtor_off, dtor_size, size),
             tail_dtor_size=dtor_size,
-            max_order=info.length("zone.free_area"),
+            max_order=max_order,
             byteorder=byteorder,
         )
 

@@ -82,8 +82,8 @@ tool_after_capture() {  # kdumpkit-report.service writes report.txt next to the 
     i=0
     while [ $i -lt 900 ]; do
         s=$(systemctl show -p ActiveState --value kdumpkit-report.service)
-        [ "$s" = activating ] || { ls /var/crash/*/report.txt >/dev/null 2>&1 && break; }
-        [ "$s" = failed ] && break
+        ran=$(systemctl show -p ExecMainExitTimestampMonotonic --value kdumpkit-report.service)
+        [ "$s" != activating ] && [ "${ran:-0}" != 0 ] && break
         sleep 1; i=$((i + 1))
     done
 }

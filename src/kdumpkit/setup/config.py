@@ -49,8 +49,10 @@ Example::
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +73,12 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _VERS_RE = re.compile(r"(?:^|,)(?:nfs)?vers=([0-9.]+)(?:,|$)")
+_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$")
+_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+_DEV_RE = re.compile(r"^(?:/[A-Za-z0-9._+:@=,-]+)+$")  # /init reads the device list word by word: no spaces
+_DEVICE_SPEC_RE = re.compile(r"^(?:UUID=[0-9A-Fa-f-]{1,64}|PARTUUID=[0-9A-Fa-f-]{1,64}|LABEL=[A-Za-z0-9._+:@,-]{1,64})$")
+_MOUNT_OPTS_RE = re.compile(r"^[A-Za-z0-9_.,=:/+-]*$")
+_BREAKS_LINES = ("Cc", "Zl", "Zp")  # control characters and the Unicode line/paragraph separators
 
 
 @dataclass(frozen=True)
@@ -239,6 +247,71 @@ def _no_leftovers(table: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(table))}")
 
 
+def check_printable(value: object, where: str) -> None:
+    """No control character (newline, tab, ESC, NUL …) in any key or string of ``value``, recursively.
+
+    Config values end up in systemd units, the capture initramfs' shell
+    scripts and kernel command lines, where a newline starts a new
+    directive; no legitimate value contains one.
+    """
+    if isinstance(value, str):
+        bad = next((ch for ch in value if unicodedata.category(ch) in _BREAKS_LINES), None)
+        if bad is not None:
+            raise ConfigError(f"{where}: control character {bad!r} in {value[:60]!r}")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_printable(k, f"{where}: key" if where else "key")
+            check_printable(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_printable(v, f"{where}[{i}]")
+
+
+def check_path(value: str, where: str, *, absolute: bool = True) -> str:
+    """An absolute path without ``.``/``..`` components, returned normalised (``//`` and a final ``/`` folded)."""
+    if absolute and not value.startswith("/"):
+        raise ConfigError(f"{where}: {value!r} must be an absolute path")
+    if any(part in (".", "..") for part in value.split("/")):
+        raise ConfigError(f"{where}: {value!r} must not contain . or .. components")
+    norm = posixpath.normpath(value)
+    return "/" + norm.lstrip("/") if norm.startswith("/") else norm
+
+
+def check_host(value: str, where: str) -> str:
+    """A DNS name, an IPv4 address or an IPv6 address (bare or in brackets) — never an ssh option."""
+    inner = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        ipaddress.ip_address(inner)
+        return value
+    except ValueError:
+        if inner is not value:
+            raise ConfigError(f"{where}: {value!r} is not an IPv6 address in brackets") from None
+    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
+    if len(value) > 253 or not all(_LABEL_RE.match(label) for label in labels):
+        raise ConfigError(f"{where}: {value!r} is not a host name or IP address")
+    return value
+
+
+def check_user(value: str, where: str) -> str:
+    if not _USER_RE.match(value):
+        raise ConfigError(f"{where}: {value!r} is not a user name (letters, digits, . _ -; not starting with -)")
+    return value
+
+
+def check_device(value: str, where: str, *, by_id: bool = True) -> str:
+    """``/dev/…`` (any absolute path: a raw target may be a preallocated file), normalised, no ``..``;
+    with ``by_id`` also the ``UUID=``, ``PARTUUID=`` and ``LABEL=`` forms."""
+    if by_id and _DEVICE_SPEC_RE.match(value):
+        return value
+    if not value.startswith("/"):
+        forms = "a /dev path or UUID=/PARTUUID=/LABEL=" if by_id else "a /dev path such as /dev/sdb2"
+        raise ConfigError(f"{where}: expected {forms}, not {value!r}")
+    path = check_path(value, where)
+    if not _DEV_RE.match(path):
+        raise ConfigError(f"{where}: {value!r} is not a device path (letters, digits and ._+:@=,- only)")
+    return path
+
+
 def parse_target(raw: object, index: int) -> Target:
     where = f"target[{index}]"
     if not isinstance(raw, dict):
@@ -248,22 +321,27 @@ def parse_target(raw: object, index: int) -> Target:
     path = _take(t, "path", str, where, DEFAULT_PATH)
     if not path:
         raise ConfigError(f"{where}.path: empty")
+    path = check_path(path, f"{where}.path", absolute=kind != "nfs")  # nfs: a directory under the export
     if kind == "local":
-        if not path.startswith("/"):
-            raise ConfigError(f"{where}.path: {path!r} must be absolute")
         target = Target("local", path=path)
     elif kind == "raw":
         device = _take(t, "device", str, where, "")
-        if not device.startswith("/"):
+        if not device:
             raise ConfigError(f"{where}.device: a device path such as /dev/sdb2 is required")
-        target = Target("raw", device=device)
+        # UUID=/LABEL= are not resolved by the capture kernel's /init nor the raw writer (yet): /dev paths only
+        target = Target("raw", device=check_device(device, f"{where}.device", by_id=False))
     elif kind == "ssh":
         target = _ssh_target(t, where, path)
     else:
         server = _take(t, "server", str, where, "")
         if ":/" not in server:
             raise ConfigError(f"{where}.server: expected host:/export, not {server!r}")
+        host, export = server.split(":/", 1)
+        check_host(host, f"{where}.server")
+        check_path("/" + export, f"{where}.server")
         opts = _take(t, "mount_options", str, where, "")
+        if not _MOUNT_OPTS_RE.match(opts):
+            raise ConfigError(f"{where}.mount_options: {opts!r} is not a comma-separated option list")
         version = _take(t, "version", (str, int, float), where, "4")
         version = _choice(str(version), NFS_VERSIONS, f"{where}.version")
         target = Target("nfs", path=path, server=server, mount_options=opts, nfs_version=version)
@@ -281,12 +359,16 @@ def _ssh_target(t: dict[str, Any], where: str, path: str) -> Target:
         m = _DEST_RE.match(dest)
         if not m:
             raise ConfigError(f"{where}.destination: expected user@host, not {dest!r}")
+        if m.group(1):
+            check_user(m.group(1), f"{where}.destination")
+        check_host(m.group(2), f"{where}.destination")
         user = user or (m.group(1) or "")
         host = m.group(2)
     if not host:
         raise ConfigError(f"{where}: ssh needs destination = \"user@host\" (or host =)")
-    if not path.startswith("/"):
-        raise ConfigError(f"{where}.path: remote path {path!r} must be absolute")
+    check_host(host, f"{where}.host")
+    if user:
+        check_user(user, f"{where}.user")
     port = _take(t, "port", int, where, 22)
     if not 0 < port < 65536:
         raise ConfigError(f"{where}.port: {port} is not a TCP port")
@@ -301,8 +383,8 @@ def _ssh_target(t: dict[str, Any], where: str, path: str) -> Target:
         raise ConfigError(f"{where}.ssh_options: expected a list of strings")
     remote = _take(t, "remote_command", str, where, "kdumpkit receive")
     known_hosts = _take(t, "known_hosts", str, where, "")
-    if known_hosts and not known_hosts.startswith("/"):
-        raise ConfigError(f"{where}.known_hosts: {known_hosts!r} must be an absolute path")
+    if known_hosts:
+        known_hosts = check_path(known_hosts, f"{where}.known_hosts")
     for secret in ("password", "passphrase"):
         if secret in t:
             raise ConfigError(f"{where}.{secret}: passwords are not supported; use a key restricted to "
@@ -373,6 +455,7 @@ def _ipv4(value: str, where: str, *, interface: bool = False) -> None:
 
 def parse_config(data: dict[str, Any]) -> Config:
     """Validate a decoded TOML document and fill in defaults."""
+    check_printable(data, "")
     d = dict(data)
     where = "config"
     levels = parse_dump_levels(d.pop("dump_level"), "dump_level") if "dump_level" in d else (31,)
@@ -380,7 +463,7 @@ def parse_config(data: dict[str, Any]) -> Config:
     fmt = _choice(_take(d, "format", str, where, "kdump"), FORMATS, "format")
     final = _choice(_take(d, "final_action", str, where, "reboot"), FINAL_ACTIONS, "final_action")
     failure = _choice(_take(d, "failure_action", str, where, "reboot"), FAILURE_ACTIONS, "failure_action")
-    rootfs = _take(d, "rootfs_path", str, where, DEFAULT_PATH)
+    rootfs = check_path(_take(d, "rootfs_path", str, where, DEFAULT_PATH), "rootfs_path")
     threads = _take(d, "num_threads", int, where, 0)
     if threads < 0:
         raise ConfigError("num_threads: must not be negative (0 = one per CPU)")
@@ -393,6 +476,8 @@ def parse_config(data: dict[str, Any]) -> Config:
     keep = parse_keep(d.pop("keep")) if "keep" in d else Keep()
     network = parse_network(d.pop("network")) if "network" in d else Network()
     extra = _take(d, "extra", dict, where, {})
+    if not isinstance(extra.get("cmdline_append", ""), str):
+        raise ConfigError("extra.cmdline_append: expected a string")
     _no_leftovers(d, where)
     return Config(targets=targets, dump_levels=levels, codec=codec, format=fmt, final_action=final,
                   failure_action=failure, rootfs_path=rootfs, num_threads=threads, dmesg=dmesg,

@@ -47,24 +47,29 @@ ENTRY = f"{PREFIX}/kdumpkit.py"
 #: ``cmd_*`` modules it finds, so shipping only these keeps the rest out).
 COMMANDS = ("capture", "save", "load", "status", "dmesg", "live", "estimate")
 
-#: Modules imported lazily (inside functions) on the capture/save/load/status
-#: paths, from ``sys.modules`` after ``kdumpkit capture`` of a real vmcore to a
-#: raw target.  Module-level imports of these are found by the closure itself.
-KDUMPKIT_ROOTS = (
-    "kdumpkit.capture.dmesg", "kdumpkit.capture.elfgaps", "kdumpkit.capture.live", "kdumpkit.kernel._kcore", "kdumpkit.capture.engine", "kdumpkit.capture.filter",
-    "kdumpkit.capture.manifest", "kdumpkit.capture.retention", "kdumpkit.capture.selfcheck",
-    "kdumpkit.capture.session", "kdumpkit.capture.targets", "kdumpkit.capture.tolerant",
-    "kdumpkit.dump", "kdumpkit.dump.codecs", "kdumpkit.dump.convert", "kdumpkit.dump.detect", "kdumpkit.dump.elf",
-    "kdumpkit.dump.elfnotes", "kdumpkit.dump.fileio", "kdumpkit.dump.flattened", "kdumpkit.dump.kdump",
-    "kdumpkit.dump.segments", "kdumpkit.dump.sink", "kdumpkit.dump.split", "kdumpkit.dump.writer",
-    "kdumpkit.dump.qemu", "kdumpkit.dump.lime", "kdumpkit.dump.raw", "kdumpkit.dump.lkcd", "kdumpkit.dump.avml",
-    "kdumpkit.dump.vmware",
-    "kdumpkit.kernel.memory", "kdumpkit.kernel.mm", "kdumpkit.kernel.pageflags", "kdumpkit.kernel.paging",
-    "kdumpkit.kernel.printk", "kdumpkit.kernel.utsname", "kdumpkit.kernel.vmcoreinfo", "kdumpkit.kernel.x86_64",
-    "kdumpkit.kexec.bzimage", "kdumpkit.kexec.crashkernel", "kdumpkit.kexec.iomem", "kdumpkit.kexec.loader",
-    "kdumpkit.kexec.status", "kdumpkit.kexec.syscalls", "kdumpkit.setup.config", "kdumpkit.cli.main",
-    "kdumpkit.cli.progress",
-)
+#: What the image carries of kdumpkit: every module of these packages (found on disk, so a module
+#: a function imports lazily is never forgotten — a missing one killed a capture once), plus
+#: :data:`KDUMPKIT_MODULES`.  The QEMU lab, analysis and the other setup steps stay out.
+KDUMPKIT_PACKAGES = ("capture", "dump", "kernel", "kexec")
+KDUMPKIT_MODULES = ("kdumpkit.setup.config", "kdumpkit.setup.blockdev", "kdumpkit.cli.main", "kdumpkit.cli.progress",
+                    "kdumpkit.cli.dumpargs")
+#: Test helpers inside those packages.
+KDUMPKIT_SKIP = frozenset({"testing"})
+
+
+def kdumpkit_roots() -> list[str]:
+    """Every kdumpkit module the capture image must be able to import."""
+    import kdumpkit
+
+    pkg = Path(kdumpkit.__file__).parent
+    names = []
+    for sub in KDUMPKIT_PACKAGES:
+        names.append(f"kdumpkit.{sub}")
+        names += [f"kdumpkit.{sub}.{p.stem}" for p in sorted((pkg / sub).glob("*.py"))
+                  if p.stem != "__init__" and p.stem not in KDUMPKIT_SKIP]
+    return names + [m for m in KDUMPKIT_MODULES if (pkg / (m.split(".", 1)[1].replace(".", "/") + ".py")).is_file()]
+
+
 #: Stdlib modules the same capture had loaded (imported here so that a
 #: function-level ``import subprocess`` does not fail in the capture kernel).
 STDLIB_ROOTS = (
@@ -117,7 +122,7 @@ def roots_for(codecs: tuple[str, ...] = ("lzo",)) -> tuple[list[str], list[str]]
     """(modules to import, the optional ones among them) for a runtime writing ``codecs``."""
     cmds = [f"kdumpkit.cli.cmd_{c}" for c in COMMANDS]
     optional = [CODEC_MODULES[c] for c in codecs if c in CODEC_MODULES] + list(HASH_ROOTS)
-    return [*KDUMPKIT_ROOTS, *cmds, *STDLIB_ROOTS, *optional], optional
+    return [*kdumpkit_roots(), *cmds, *STDLIB_ROOTS, *optional], optional
 
 
 def closure(roots: list[str], optional: list[str], python: str | None = None) -> dict[str, object]:
@@ -268,7 +273,7 @@ def runtime_key(codecs: tuple[str, ...] = ("lzo",)) -> str:
     """A hash of what a runtime is made of (interpreter, kdumpkit sources): the cache key."""
     import kdumpkit
 
-    h = hashlib.sha256(f"{sys.version} {sys.executable} {codecs} {COMMANDS} {KDUMPKIT_ROOTS} {STDLIB_ROOTS}".encode())
+    h = hashlib.sha256(f"{sys.version} {sys.executable} {codecs} {COMMANDS} {kdumpkit_roots()} {STDLIB_ROOTS}".encode())
     pkg = Path(kdumpkit.__file__).parent
     for p in sorted(pkg.rglob("*.py")):
         h.update(str(p.relative_to(pkg)).encode())
