@@ -48,6 +48,11 @@ test: bootstrap
 test-unit: bootstrap
 	@$(call tier,tests/unit -q -p no:cacheprovider)
 
+# The real-kernel interop tests need one reference crash per lab kernel
+# (bullseye, bookworm, trixie): on a fresh machine the first run downloads the
+# kernels and builds them (about a minute each with TCG), cached under
+# $${KDUMPKIT_CACHE:-~/.cache/kdumpkit}/lab/reference; they are never skipped for
+# want of a cache.  A failed build names its kept console log.
 test-interop: bootstrap
 	@$(call tier,tests/interop -q -p no:cacheprovider)
 

@@ -1,9 +1,14 @@
 """Shared fixtures: the lab's reference crash dumps.
 
-``ref_bookworm`` is one real bookworm crash (SysRq-c, 1 GiB guest,
-crashkernel=256M), built once by :func:`kdumpkit.lab.reference.reference_set`
-and cached under ``${KDUMPKIT_CACHE:-~/.cache/kdumpkit}/lab``; the first use on
-a fresh machine boots QEMU for about a minute (TCG).
+``ref_bookworm``, ``ref_bullseye`` and ``ref_trixie`` are one real crash of each
+lab kernel (SysRq-c, 1 GiB guest, crashkernel=256M), built once by
+:func:`kdumpkit.lab.reference.reference_set` and cached under
+``${KDUMPKIT_CACHE:-~/.cache/kdumpkit}/lab``.  On a fresh machine the first
+use downloads the kernel and boots QEMU: about a minute per kernel with TCG
+(docs/lab.md), so ``make test`` runs every real-kernel test instead of
+skipping it.  A test parametrized by kernel name gets its set with
+``request.getfixturevalue(f"ref_{kernel}")``.  Only a host without the lab's
+tools (QEMU, busybox, kexec, makedumpfile, apt) skips them, with that reason.
 """
 
 from __future__ import annotations
@@ -52,8 +57,20 @@ def lab_required() -> None:
 
 @pytest.fixture(scope="session")
 def ref_bookworm() -> ReferenceSet:
-    """The cached bookworm reference crash (built on first use)."""
+    """The cached bookworm (6.1) reference crash (built on first use)."""
     return _reference("bookworm")
+
+
+@pytest.fixture(scope="session")
+def ref_bullseye() -> ReferenceSet:
+    """The cached bullseye (5.10) reference crash (built on first use)."""
+    return _reference("bullseye")
+
+
+@pytest.fixture(scope="session")
+def ref_trixie() -> ReferenceSet:
+    """The cached trixie (6.12) reference crash (built on first use)."""
+    return _reference("trixie")
 
 
 @pytest.fixture(scope="session")

@@ -28,19 +28,9 @@ pytestmark = pytest.mark.interop
 
 
 @pytest.fixture(scope="module")
-def ref(request: pytest.FixtureRequest) -> Any:
-    """The bookworm reference set: the shared fixture when there is one, else a cached set."""
-    try:
-        return request.getfixturevalue("ref_bookworm")
-    except pytest.FixtureLookupError:
-        pass
-    from kdumpkit.errors import LabError
-    from kdumpkit.lab.reference import reference_set
-
-    try:
-        return reference_set("bookworm", build=False)
-    except LabError as e:
-        pytest.skip(f"no bookworm reference set: {e}")
+def ref(ref_bookworm: Any) -> Any:
+    """The bookworm reference set (tests/conftest.py; built on first use)."""
+    return ref_bookworm
 
 
 @pytest.fixture(scope="module")

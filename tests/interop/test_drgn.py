@@ -48,19 +48,9 @@ print(json.dumps({
 """
 
 
-def _ref(kernel: str) -> Any:
-    from kdumpkit.errors import LabError
-    from kdumpkit.lab.reference import reference_set
-
-    try:
-        return reference_set(kernel, build=False)
-    except LabError as e:
-        pytest.skip(f"no cached {kernel} reference set: {e}")
-
-
 @pytest.fixture(scope="module")
-def bookworm() -> Any:
-    return _ref("bookworm")
+def bookworm(ref_bookworm: Any) -> Any:
+    return ref_bookworm
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -115,16 +105,16 @@ def _caps() -> Any:
 
 
 @pytest.mark.parametrize("kernel", ["bookworm", "trixie", "bullseye"])
-def test_elf_vmcore_opens_natively(kernel: str, tmp_path: Path) -> None:
-    ref = _ref(kernel)
+def test_elf_vmcore_opens_natively(kernel: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    ref = request.getfixturevalue(f"ref_{kernel}")
     result = _check([ref.vmcore], tmp_path / "t")
     assert result["opened"] == "native" and result["format"] == "elf"
 
 
 @pytest.mark.parametrize("kernel", ["bookworm", "trixie", "bullseye"])
-def test_flattened(kernel: str, tmp_path: Path) -> None:
+def test_flattened(kernel: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """makedumpfile -F made in the capture kernel: libkdumpfile reads it in place, else we convert."""
-    ref = _ref(kernel)
+    ref = request.getfixturevalue(f"ref_{kernel}")
     result = _check([ref.flat], tmp_path / "t")
     assert result["flattened"] is True
     assert result["opened"] == ("native" if _caps().libkdumpfile else "converted")

@@ -80,7 +80,7 @@ def test_refilter_a_makedumpfile_kdump(ref_bookworm: Any, tmp_path: Path) -> Non
         assert high.selfcheck_result is not None and high.selfcheck_result.ok
 
 
-def test_612_differs_from_makedumpfile_172_only_where_it_is_outdated(tmp_path: Path) -> None:
+def test_612_differs_from_makedumpfile_172_only_where_it_is_outdated(ref_trixie: Any, tmp_path: Path) -> None:
     """On 6.12 (newer than makedumpfile 1.7.2 knows) we match free and cache pages exactly; the only
     differences are makedumpfile 1.7.2's two known gaps, fixed in later makedumpfile releases:
 
@@ -92,15 +92,10 @@ def test_612_differs_from_makedumpfile_172_only_where_it_is_outdated(tmp_path: P
     import numpy as np
 
     from kdumpkit.capture.filter import runs_to_mask
-    from kdumpkit.errors import LabError
     from kdumpkit.kernel.memory import kernel_memory
     from kdumpkit.kernel.mm import struct_page_map
-    from kdumpkit.lab.reference import reference_set
 
-    try:
-        ref = reference_set("trixie", build=False)
-    except LabError as e:
-        pytest.skip(str(e))
+    ref = ref_trixie
     out = tmp_path / "t31"
     theirs_counts = _makedumpfile(ref.vmcore, 31, out)
     with open_dump(str(ref.vmcore)) as src, open_dump(str(out)) as theirs:

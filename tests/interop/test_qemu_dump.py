@@ -1,6 +1,6 @@
 """QEMU ``dump-guest-memory`` of a running (not crashed) lab guest, read by kdumpkit.
 
-One boot per kernel (bookworm 6.1, trixie 6.12; each when cached) of the lab guest with ``-device vmcoreinfo`` (and the guest's
+One boot per kernel (bookworm 6.1, trixie 6.12; fetched once if missing) of the lab guest with ``-device vmcoreinfo`` (and the guest's
 ``qemu_fw_cfg`` module, which hands the kernel's VMCOREINFO address to QEMU).
 The lab's ``nmi`` scenario prints its ground truth and then sleeps waiting for
 an NMI — that window is when the host stops the vCPUs and takes two dumps over
@@ -79,9 +79,7 @@ def guest_dumps(request: pytest.FixtureRequest) -> Iterator[GuestDumps]:
     from kdumpkit.lab.initramfs import build as build_initramfs
     from kdumpkit.lab.qemu import VM, VMConfig, choose_accel
 
-    k = kernels.cached(request.param)
-    if k is None:
-        pytest.skip(f"no cached {request.param} lab kernel (run `kdumpkit lab fetch {request.param}` once, online)")
+    k = kernels.fetch(request.param)  # cached, or downloaded once (~10-30 s)
 
     class VmcoreinfoConfig(VMConfig):
         def command(self, qmp_socket: Path) -> list[str]:

@@ -16,7 +16,6 @@ Ground truth comes from the lab run itself:
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -36,13 +35,8 @@ _MODULES_LINE = re.compile(r"Modules linked in:(.*)")
 
 @pytest.fixture(scope="module", params=["bookworm", "trixie", "bullseye"])
 def ref(request: pytest.FixtureRequest) -> Any:
-    from kdumpkit.errors import LabError
-    from kdumpkit.lab.reference import reference_set
-
-    try:
-        return reference_set(request.param, build=bool(os.environ.get("KDUMPKIT_LAB_FULL")))
-    except LabError as e:
-        pytest.skip(f"{request.param} reference crash not cached (KDUMPKIT_LAB_FULL=1 builds it): {e}")
+    """The kernel's reference crash (tests/conftest.py; built on first use)."""
+    return request.getfixturevalue(f"ref_{request.param}")
 
 
 @pytest.fixture(scope="module")

@@ -23,17 +23,6 @@ from kdumpkit.lab.reference import ReferenceSet
 VALUE_KEYS = {"mem_section", "vmemmap"}
 
 
-@pytest.fixture(scope="module")
-def ref_trixie() -> ReferenceSet:
-    from kdumpkit.errors import LabError
-    from kdumpkit.lab.reference import reference_set
-
-    try:
-        return reference_set("trixie", build=False)
-    except LabError as e:
-        pytest.skip(f"no cached trixie reference set ({e})")
-
-
 def _check_kallsyms(path: str, scan: bool) -> None:
     with open_dump(path) as d:
         info = VmcoreInfo.from_dump(d)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def test_save_elf(ref_bookworm: Any, tmp_path: Path) -> None:
 def test_save_flat_reassembled_by_makedumpfile(ref_bookworm: Any, tmp_path: Path) -> None:
     flat, out = tmp_path / "vmcore.flat", tmp_path / "vmcore"
     with open(flat, "wb") as f:
-        p = subprocess.run([shutil.which("kdumpkit") or ".venv/bin/kdumpkit", "save", "-F", "-l", "-d", "31",
+        p = subprocess.run([sys.executable, "-m", "kdumpkit.cli.main", "save", "-F", "-l", "-d", "31",
                             "--message-level", "0", str(ref_bookworm.vmcore)], stdout=f, stderr=subprocess.PIPE,
                            timeout=600)
     assert p.returncode == 0, p.stderr

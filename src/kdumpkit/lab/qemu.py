@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -40,46 +41,145 @@ def qemu_binary() -> str:
     return path
 
 
-@functools.lru_cache(maxsize=1)
-def kvm_works() -> bool:
-    """Whether KVM really runs guest code here (a 4 s SeaBIOS boot probe).
+#: How long a KVM guest may take to print its first kernel console line.  A
+#: working KVM prints "Linux version" well under a second after QEMU starts;
+#: TCG on these machines needs ~1-2 s; 8 s leaves room for a loaded host.
+KVM_PROBE_TIMEOUT_S = 8.0
+#: Memory of the probe guest: enough for any lab kernel to decompress itself.
+KVM_PROBE_MEM_MB = 256
+_KERNEL_LINE = re.compile(rb"Linux version |^\[\s*\d+\.\d{6}\] ", re.M)
 
-    ``/dev/kvm`` existing is not enough: on some hosts QEMU aborts ("failed to
-    set MSR 0x10a") or hangs in the BIOS.  The probe boots the BIOS with KVM and
-    looks for its output on the debug console.
+
+@dataclass(frozen=True)
+class KvmProbe:
+    """The outcome of the KVM probe and why (for the one-line error of ``--accel kvm``)."""
+
+    ok: bool
+    reason: str
+
+
+def probe_kvm(qemu: str, vmlinuz: Path, timeout: float | None = None) -> KvmProbe:
+    """Boot ``vmlinuz`` (no initrd) with KVM and wait for its first console line.
+
+    A BIOS probe is not enough: on some hosts SeaBIOS boots under KVM but a
+    Linux kernel never prints a line (docs/lab.md), and a run that picked KVM
+    then waits its whole timeout with an empty console.  Only a kernel line
+    on the serial port within ``timeout`` (default :data:`KVM_PROBE_TIMEOUT_S`)
+    counts; the kernel is killed then.
     """
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or shutil.which(QEMU) is None:
-        return False
+    timeout = KVM_PROBE_TIMEOUT_S if timeout is None else timeout
     with tempfile.TemporaryDirectory(prefix="kdumpkit-kvm-") as tmp:
-        log = Path(tmp) / "bios.log"
-        cmd = [QEMU, "-accel", "kvm", "-cpu", "host", "-m", "64", "-nodefaults", "-display", "none",
-               "-no-reboot", "-chardev", f"file,id=dbg,path={log}", "-device", "isa-debugcon,iobase=0x402,chardev=dbg"]
+        log = Path(tmp) / "serial.log"
+        cmd = [qemu, "-accel", "kvm", "-cpu", "host", "-smp", "1", "-m", str(KVM_PROBE_MEM_MB), "-nodefaults",
+               "-display", "none", "-no-reboot", "-monitor", "none", "-serial", f"file:{log}",
+               "-kernel", str(vmlinuz), "-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1"]
+        err = Path(tmp) / "stderr"
         try:
-            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except OSError:
-            return False
-        deadline = time.monotonic() + 4
-        ok = False
-        while time.monotonic() < deadline and p.poll() is None:
-            if log.is_file() and b"Booting from" in log.read_bytes():
-                ok = True
-                break
-            time.sleep(0.1)
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-        return ok
+            with open(err, "wb") as ef:
+                p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=ef)
+        except OSError as e:
+            return KvmProbe(False, f"cannot start {qemu}: {e.strerror}")
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if log.is_file() and _KERNEL_LINE.search(log.read_bytes()):
+                    return KvmProbe(True, f"{vmlinuz.name} printed its first console line under KVM")
+                if p.poll() is not None:
+                    last = (err.read_text(errors="replace").strip().splitlines() or [f"exit {p.returncode}"])[-1]
+                    return KvmProbe(False, f"QEMU with KVM exited before the kernel printed a line: {last}")
+                if time.monotonic() > deadline:
+                    return KvmProbe(False, f"no kernel console line within {timeout:.0f} s under KVM")
+                time.sleep(0.1)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def _probe_kernel() -> Path | None:
+    """A real kernel image to probe with: a cached lab kernel, else bookworm's (downloaded)."""
+    from kdumpkit.lab import kernels
+    from kdumpkit.lab.aptsrc import SUITES
+
+    for suite in SUITES:
+        k = kernels.cached(suite)
+        if k is not None:
+            return k.vmlinuz
+    try:
+        return kernels.fetch("bookworm").vmlinuz
+    except LabError:
+        return None
+
+
+def _kvm_device_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _probe_cache_file() -> Path:
+    from kdumpkit.lab.cache import lab_dir
+
+    return lab_dir() / "kvm-probe.json"
+
+
+@functools.lru_cache(maxsize=1)
+def kvm_probe() -> KvmProbe:
+    """Whether KVM really runs a Linux kernel here: cached per process, and per host boot on disk.
+
+    ``/dev/kvm`` existing is not enough (QEMU may abort with "failed to set MSR
+    0x10a", or boot the BIOS and then never run the kernel), so a real kernel
+    is booted (:func:`probe_kvm`).  The answer is stored in the lab cache
+    keyed by the host's boot id and the QEMU binary, so every pytest process
+    does not pay the probe again; a reboot or another QEMU probes afresh.
+    """
+    if not _kvm_device_usable():
+        return KvmProbe(False, "/dev/kvm is missing or not accessible")
+    qemu = shutil.which(QEMU)
+    if qemu is None:
+        return KvmProbe(False, f"{QEMU} not found")
+    key = {"boot_id": _boot_id(), "qemu": qemu}
+    cache = _probe_cache_file()
+    if key["boot_id"] is not None:
+        try:
+            saved = json.loads(cache.read_text())
+            if saved.get("key") == key:
+                return KvmProbe(bool(saved["ok"]), str(saved["reason"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+    vmlinuz = _probe_kernel()
+    if vmlinuz is None:
+        return KvmProbe(False, "no kernel to probe KVM with (no cached lab kernel, download failed)")
+    result = probe_kvm(qemu, vmlinuz)
+    if key["boot_id"] is not None:
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "ok": result.ok, "reason": result.reason}) + "\n")
+        os.replace(tmp, cache)
+    return result
+
+
+def kvm_works() -> bool:
+    """Whether KVM boots a Linux kernel to its first console line here (see :func:`kvm_probe`)."""
+    return kvm_probe().ok
 
 
 def choose_accel(accel: str) -> str:
     """``kvm`` or ``tcg`` for ``auto|kvm|tcg``; asking for kvm where it fails is an error."""
-    if accel == "auto":
-        return "kvm" if kvm_works() else "tcg"
-    if accel == "kvm" and not kvm_works():
-        raise LabError("KVM does not work on this host (probe failed); use --accel tcg")
-    if accel not in ("kvm", "tcg"):
+    if accel not in ("auto", "kvm", "tcg"):
         raise LabError(f"unknown accelerator {accel!r}")
-    return accel
+    if accel == "tcg":
+        return "tcg"
+    probe = kvm_probe()
+    if accel == "auto":
+        return "kvm" if probe.ok else "tcg"
+    if not probe.ok:
+        raise LabError(f"KVM does not work on this host ({probe.reason}); use --accel tcg")
+    return "kvm"
 
 
 @dataclass

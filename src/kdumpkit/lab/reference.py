@@ -155,8 +155,13 @@ def reference_set(kernel: str = "bookworm", *, build: bool = True, timeout: floa
         if not (d / ".complete").is_file():
             tmp = d.with_name(d.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            run(k, out=tmp, mem_mb=MEM_MB, crashkernel=CRASHKERNEL, scenario=SCENARIO,
-                capture="makedumpfile", timeout=timeout)
+            try:
+                run(k, out=tmp, mem_mb=MEM_MB, crashkernel=CRASHKERNEL, scenario=SCENARIO,
+                    capture="makedumpfile", timeout=timeout)
+            except BaseException:
+                # ~1 GB of half-made outputs; a LabError names the console log's kept copy.
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             (tmp / ".complete").write_text(f"{k.package_version} v{LAB_FORMAT_VERSION}\n")
             shutil.rmtree(d, ignore_errors=True)
             tmp.rename(d)

@@ -105,6 +105,9 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
         network: bool = False) -> RunResult:
     """Run one crash cycle and write its outputs into ``out``.
 
+    A :class:`LabError` after QEMU started says which phase failed and names
+    a copy of the console log that outlives ``out`` (:func:`kept_failure`).
+
     Outputs: ``vmcore`` (ELF copy of /proc/vmcore), ``dump.flat`` (makedumpfile
     ``-F -c -d 31`` run in the capture kernel), ``console.log``, ``dmesg.txt``
     and ``meminfo.txt`` (ground truth printed by the first kernel right before
@@ -163,71 +166,124 @@ def run(kernel: str | Kernel = "bookworm", *, out: str | os.PathLike[str], mem_m
         if capture == "kdumpkit":
             capture_initrd = ci.capture_initrd.read_bytes()
 
-    with tempfile.TemporaryDirectory(prefix="kdumpkit-lab-") as tmp:
-        work = Path(tmp)
-        images = build_initramfs(k, work, extra_modules, extra_files, capture_initrd=capture_initrd,
-                                 runtime=runtime, runtime_in_capture=capture == "kdumpkit-save")
-        disks = [work / "workload.img", work / "raw.img", work / "flat.img"]
-        _sparse_disk(disks[0], WORKLOAD_DISK_MB)
-        _sparse_disk(disks[1], mem_mb + 64)
-        _sparse_disk(disks[2], mem_mb + 64)
-        cmdline = (f"console=ttyS0 crashkernel={crashkernel} panic=1 rdinit=/init "
-                   f"kdumpkit_lab.scenario={scenario} kdumpkit_lab.capture={capture} kdumpkit_lab.mem_mb={mem_mb}")
-        if scenario == "softlockup":
-            cmdline += " softlockup_panic=1"
-        if live:
-            cmdline += " kdumpkit_lab.live=1"
-        if load_mode != "file":
-            cmdline += f" kdumpkit_lab.load_mode={load_mode}"
-        vm = VM(VMConfig(k.vmlinuz, images.initrd, cmdline, mem_mb, disks, accel_used, smp, network=network), log)
-        vm.on_line = on_line
-        vm.start(work)
-        try:
-            info = _watch(vm, timeout, log)
-        finally:
-            vm.kill()
-        lines = vm.lines
-        t_extract = time.monotonic()
-        expected = int(info["vmcore-size"]) if "vmcore-size" in info else None
-        crash_dir: str | None = None
-        flat_size: int | None = None
-        if capture == "kdumpkit" and network and not _holds_raw_dump(disks[1]):
-            vmcore_size = 0  # the dump went to an ssh/nfs target
-        elif capture == "kdumpkit":
-            crash_dir, vmcore_size = _restore(disks[1], outdir / "crash", log)
-        else:
-            vmcore_size = extract.extract_elf(disks[1], outdir / "vmcore", expected)
-        if capture in ("makedumpfile", "kdumpkit-save"):
-            flat_size = extract.extract_flat(disks[2], outdir / "dump.flat")
-        if live:
-            live_size = int(info.get("live-size", "0"))
-            if live_size <= 0:
-                raise LabError("the guest reported no live dump size", str(log))
-            extract.sparse_copy(disks[2], outdir / "live.vmcore", live_size)
-        timings = console.phase_times(lines)
-        timings["extract"] = round(time.monotonic() - t_extract, 2)
-        timings["total"] = round(lines[-1].t if lines else 0.0, 2)
+    vm: VM | None = None  # once QEMU has started, a failure keeps its console log
+    extracting = False
+    try:
+        with tempfile.TemporaryDirectory(prefix="kdumpkit-lab-") as tmp:
+            work = Path(tmp)
+            images = build_initramfs(k, work, extra_modules, extra_files, capture_initrd=capture_initrd,
+                                     runtime=runtime, runtime_in_capture=capture == "kdumpkit-save")
+            disks = [work / "workload.img", work / "raw.img", work / "flat.img"]
+            _sparse_disk(disks[0], WORKLOAD_DISK_MB)
+            _sparse_disk(disks[1], mem_mb + 64)
+            _sparse_disk(disks[2], mem_mb + 64)
+            cmdline = (f"console=ttyS0 crashkernel={crashkernel} panic=1 rdinit=/init "
+                       f"kdumpkit_lab.scenario={scenario} kdumpkit_lab.capture={capture} kdumpkit_lab.mem_mb={mem_mb}")
+            if scenario == "softlockup":
+                cmdline += " softlockup_panic=1"
+            if live:
+                cmdline += " kdumpkit_lab.live=1"
+            if load_mode != "file":
+                cmdline += f" kdumpkit_lab.load_mode={load_mode}"
+            vm = VM(VMConfig(k.vmlinuz, images.initrd, cmdline, mem_mb, disks, accel_used, smp, network=network), log)
+            vm.on_line = on_line
+            vm.start(work)
+            shutil.copyfile(work / "qemu.cmd", outdir / "qemu.cmd")
+            try:
+                info = _watch(vm, timeout, log)
+            finally:
+                vm.kill()
+            lines = vm.lines
+            extracting = True
+            t_extract = time.monotonic()
+            expected = int(info["vmcore-size"]) if "vmcore-size" in info else None
+            crash_dir: str | None = None
+            flat_size: int | None = None
+            if capture == "kdumpkit" and network and not _holds_raw_dump(disks[1]):
+                vmcore_size = 0  # the dump went to an ssh/nfs target
+            elif capture == "kdumpkit":
+                crash_dir, vmcore_size = _restore(disks[1], outdir / "crash", log)
+            else:
+                vmcore_size = extract.extract_elf(disks[1], outdir / "vmcore", expected)
+            if capture in ("makedumpfile", "kdumpkit-save"):
+                flat_size = extract.extract_flat(disks[2], outdir / "dump.flat")
+            if live:
+                live_size = int(info.get("live-size", "0"))
+                if live_size <= 0:
+                    raise LabError("the guest reported no live dump size", str(log))
+                extract.sparse_copy(disks[2], outdir / "live.vmcore", live_size)
+            timings = console.phase_times(lines)
+            timings["extract"] = round(time.monotonic() - t_extract, 2)
+            timings["total"] = round(lines[-1].t if lines else 0.0, 2)
 
-    texts = [ln.text for ln in lines]
-    dmesg = console.block(texts, "dmesg")
-    meminfo = console.block(texts, "meminfo")
-    if dmesg is None or meminfo is None:
-        raise LabError("ground truth (dmesg/meminfo) missing from the console", str(log))
-    (outdir / "dmesg.txt").write_text(dmesg)
-    (outdir / "meminfo.txt").write_text(meminfo)
-    for name, suffix in (("live-dmesg-before", "txt"), ("live-dmesg-after", "txt"), ("live-estimate", "json"),
-                         ("live-meminfo", "txt")):
-        text = console.block(texts, name)
-        if text is not None:
-            (outdir / f"{name}.{suffix}").write_text(text)
-    status = console.block(texts, "status")
-    if status is not None:
-        (outdir / "status.json").write_text(status)
-    result = RunResult(outdir, k.name, k.package_version, info.get("release", ""), scenario, capture,
-                       accel_used, mem_mb, crashkernel, timings, vmcore_size, flat_size, crash_dir=crash_dir,
-                       initramfs=sizes)
-    (outdir / "run.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        texts = [ln.text for ln in lines]
+        dmesg = console.block(texts, "dmesg")
+        meminfo = console.block(texts, "meminfo")
+        if dmesg is None or meminfo is None:
+            raise LabError("ground truth (dmesg/meminfo) missing from the console", str(log))
+        (outdir / "dmesg.txt").write_text(dmesg)
+        (outdir / "meminfo.txt").write_text(meminfo)
+        for name, suffix in (("live-dmesg-before", "txt"), ("live-dmesg-after", "txt"), ("live-estimate", "json"),
+                             ("live-meminfo", "txt")):
+            text = console.block(texts, name)
+            if text is not None:
+                (outdir / f"{name}.{suffix}").write_text(text)
+        status = console.block(texts, "status")
+        if status is not None:
+            (outdir / "status.json").write_text(status)
+        result = RunResult(outdir, k.name, k.package_version, info.get("release", ""), scenario, capture,
+                           accel_used, mem_mb, crashkernel, timings, vmcore_size, flat_size, crash_dir=crash_dir,
+                           initramfs=sizes)
+        (outdir / "run.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    except LabError as e:
+        if vm is None:
+            raise
+        raise kept_failure(e, vm, log, f"{k.name}-{scenario}-{capture}", extracting) from None
     return result
+
+
+#: The phase a run is in after each guest marker (console.PHASES, plus the host's steps).
+_PHASE_AFTER = {"boot-done": "prepare", "trigger": "crash", "capture-start": "capture", "capture-done": "shutdown"}
+
+
+def failed_phase(lines: list[console.Line], extracting: bool = False) -> str:
+    """The phase a failing run was in: boot, prepare, crash, capture_boot, capture, shutdown, extract."""
+    if extracting:
+        return "extract"
+    phase = "boot"
+    for ln in lines:
+        m = console.marker(ln.text)
+        if m and "phase" in m:
+            phase = _PHASE_AFTER.get(m["phase"], phase)
+        elif phase == "crash" and "Linux version" in ln.text:
+            phase = "capture_boot"  # the capture kernel's first line
+    return phase
+
+
+def kept_failure(err: LabError, vm: VM, log: Path, what: str, extracting: bool) -> LabError:
+    """``err`` restated in one line with the failed phase, naming a console log that is kept.
+
+    The run's own files may be in a temporary directory (``lab demo``, the
+    reference build, ``estimate-crashkernel``) that is deleted before the
+    error is read, so the console log and QEMU's command line are copied to
+    ``<cache>/lab/failed/<time>-<what>-*/`` first.
+    """
+    from kdumpkit.lab.cache import failed_dir
+
+    phase = failed_phase(vm.lines, extracting)
+    reason = str(err.args[0]) if err.args else "failed"
+    keep = failed_dir(what)
+    kept_log = keep / "console.log"
+    if log.is_file():
+        shutil.copyfile(log, kept_log)
+    else:
+        kept_log.write_text("(QEMU wrote no console output)\n")
+    cmd = log.parent / "qemu.cmd"
+    if cmd.is_file():
+        shutil.copyfile(cmd, keep / "qemu.cmd")
+    msg = f"lab run {what} failed in phase {phase}: {reason}"
+    (keep / "error.txt").write_text(msg + "\n")
+    return LabError(msg, str(kept_log))
 
 
 def _holds_raw_dump(disk: Path) -> bool:
