@@ -426,6 +426,11 @@ def _symbols(ctx: _Ctx) -> dict[str, Any]:
     return {"source": ctx.symbols.source, "count": len(ctx.symbols)}
 
 
+#: Frames that only say how a kernel version implements panic(): v6.12.y stable kernels put ``vpanic``
+#: between ``__crash_kexec`` and ``panic``.  Left out of signatures so one crash signs alike everywhere.
+PANIC_INTERNALS = frozenset({"vpanic"})
+
+
 def crash_signature(functions: list[str], message: str | None) -> str:
     """A stable id of "this kind of crash": top 5 function names + the message without numbers."""
     norm = _NUMBERS.sub("N", message or "").strip()
@@ -442,7 +447,7 @@ def _signature(ctx: _Ctx, report: Report) -> dict[str, Any]:
         # A stack scan also finds stale return addresses that change from run to run:
         # sign only what an unwinder (ORC, frame pointers) vouches for.
         if bt.method != "scan":
-            functions = [fr.function for fr in bt.frames if fr.function]
+            functions = [fr.function for fr in bt.frames if fr.function and fr.function not in PANIC_INTERNALS]
     except KdumpkitError:
         pass
     if not functions and ctx.log is not None:

@@ -133,6 +133,7 @@ echo "$M begin meminfo"; cat /proc/meminfo; echo "$M end meminfo"
 echo "$M begin dmesg"; dmesg; echo "$M end dmesg"
 dmesg -n 7
 mark "phase=trigger scenario=$scenario"
+sleep 1  # let the UART drain: a crash right away can lose the marker (seen on a loaded host)
 case "$scenario" in
     sysrq) echo c >/proc/sysrq-trigger ;;
     nmi) mark "request=nmi"; sleep 60 ;;
