@@ -59,7 +59,7 @@ def test_root_filesystem_target(tree: tuple[Path, Path, Path]) -> None:
     fs = blockdev.locate("/var/lib/crash-here", proc=proc, sys=sys, dev=dev)
     assert (fs.spec, fs.fstype, fs.subdir, fs.device) == ("UUID=0f1e2d3c-aaaa-bbbb-cccc-123456789abc", "ext4",
                                                           "var/lib/crash-here", "/dev/vda1")
-    assert fs.modules == ("virtio_blk", "virtio_pci", "ext4", "crc32c_generic")
+    assert fs.modules == ("virtio_blk", "virtio_pci", "crc32c_generic", "ext4")
     assert fs.mounts_line() == "UUID=0f1e2d3c-aaaa-bbbb-cccc-123456789abc ext4 var/lib/crash-here /var/lib/crash-here\n"
 
 
@@ -67,7 +67,7 @@ def test_own_filesystem_by_label_on_nvme(tree: tuple[Path, Path, Path]) -> None:
     proc, sys, dev = tree
     fs = blockdev.locate("/var/crash", proc=proc, sys=sys, dev=dev)
     assert (fs.spec, fs.fstype, fs.subdir) == ("LABEL=dumps", "xfs", "")
-    assert fs.modules == ("nvme", "xfs", "crc32c_generic")
+    assert fs.modules == ("nvme", "crc32c_generic", "xfs")
     assert fs.mounts_line() == "LABEL=dumps xfs . /var/crash\n"
 
 

@@ -79,7 +79,7 @@ def test_bad_config_is_refused_at_build_time() -> None:
 
 def test_mount_spec() -> None:
     m = initramfs.parse_mount("/dev/sdb1:/var/crash:xfs")
-    assert (m.spec, m.path, m.fstype, m.modules) == ("/dev/sdb1", "/var/crash", "xfs", ("xfs", "crc32c_generic"))
+    assert (m.spec, m.path, m.fstype, m.modules) == ("/dev/sdb1", "/var/crash", "xfs", ("crc32c_generic", "xfs"))
     assert initramfs.parse_mount("UUID=1234-abcd:/var/crash").mounts_line() == "UUID=1234-abcd ext4 . /var/crash\n"
     with pytest.raises(ConfigError):
         initramfs.parse_mount("sdb1")

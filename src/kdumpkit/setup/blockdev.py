@@ -220,6 +220,8 @@ def locate(path: str, *, proc: Path = Path("/proc"), sys: Path = Path("/sys"), d
     inside = os.path.relpath(_existing(path), m.mountpoint)
     subdir = os.path.normpath(os.path.join(m.fs_root, "" if inside == "." else inside)).lstrip("/")
     fsmod = FS_MODULE.get(m.fstype, m.fstype)
-    modules = [*device_modules(m.devno, sys=sys), fsmod, *FS_SOFTDEPS.get(fsmod, ())]
+    # The checksum driver first: libcrc32c (xfs, btrfs) asks the crypto API for crc32c when it is
+    # inserted, and the capture initramfs has no modprobe to load it on demand.
+    modules = [*device_modules(m.devno, sys=sys), *FS_SOFTDEPS.get(fsmod, ()), fsmod]
     return TargetFs(path=os.path.normpath(path), spec=stable_spec(m.devno, m.source, sys=sys, dev=dev), fstype=m.fstype,
                     subdir=subdir, device=m.source, modules=tuple(dict.fromkeys(modules)))

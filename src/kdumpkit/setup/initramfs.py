@@ -141,7 +141,7 @@ def parse_mount(spec: str) -> TargetFs:
     fstype = parts[2] if len(parts) == 3 else "ext4"
     fsmod = FS_MODULE.get(fstype, fstype)
     return TargetFs(path=parts[1], spec=parts[0], fstype=fstype, subdir="", device=parts[0],
-                    modules=(fsmod, *FS_SOFTDEPS.get(fsmod, ())))
+                    modules=(*FS_SOFTDEPS.get(fsmod, ()), fsmod))
 
 
 def local_target_mounts(cfg: Config, locate_fn: Callable[[str], TargetFs] = locate) -> list[TargetFs]:
