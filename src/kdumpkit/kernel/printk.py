@@ -139,7 +139,7 @@ class _Area:
             out += self.read(lo - self.va, min(self.va + off + n, (vpn + 1) * self.ps) - lo) if self._page(vpn) else b""
         return bytes(out)
 
-    def int(self, off: int, size: int, byteorder: str) -> int:
+    def uint(self, off: int, size: int, byteorder: str) -> int:
         return _le(self.read(off, size), 0, size, byteorder)
 
     def byte(self, off: int) -> int | None:
@@ -307,12 +307,12 @@ class _LocklessRing:
         descs, infos = self.descs, self.infos
         idx = ident % self.count
         d = idx * self.desc_size
-        state_var = descs.int(d + self.sv_off, ulong, bo)
+        state_var = descs.uint(d + self.sv_off, ulong, bo)
         state = (state_var >> (bits - 2)) & 3
         if state_var & ((1 << (bits - 2)) - 1) != ident or state not in (1, 2):  # committed or finalized
             return None
-        begin = descs.int(d + self.begin_off, ulong, bo)
-        nxt = descs.int(d + self.next_off, ulong, bo)
+        begin = descs.uint(d + self.begin_off, ulong, bo)
+        nxt = descs.uint(d + self.next_off, ulong, bo)
         if begin & 1 or nxt & 1:  # FAILED_LPOS / EMPTY_LINE_LPOS: data-less, tools skip it
             return None
         # Kernel get_data(): full lpos values, not the "begin > next" shortcut, so a
@@ -327,7 +327,7 @@ class _LocklessRing:
         if blk_len < ulong or blk + blk_len > size:
             return None
         i = idx * self.info_size
-        text_len = min(infos.int(i + self.tl_off, 2, bo), blk_len - ulong)  # truncated messages
+        text_len = min(infos.uint(i + self.tl_off, 2, bo), blk_len - ulong)  # truncated messages
         start = blk + ulong
         text = self.data.read(start, text_len)
         level, flags = _level_flags(infos.byte(i + self.lvl_off) or 0, bo)
@@ -335,11 +335,11 @@ class _LocklessRing:
                    or (text_len > 0 and self.data.damaged(start, text_len)))
         return PrintkRecord(
             text=text,
-            ts_nsec=infos.int(i + self.ts_off, 8, bo),
+            ts_nsec=infos.uint(i + self.ts_off, 8, bo),
             level=level,
             facility=infos.byte(i + self.fac_off),
-            caller_id=infos.int(i + self.caller_off, 4, bo) if self.caller_off is not None else None,
-            seq=infos.int(i + self.seq_off, 8, bo) if self.seq_off is not None else None,
+            caller_id=infos.uint(i + self.caller_off, 4, bo) if self.caller_off is not None else None,
+            seq=infos.uint(i + self.seq_off, 8, bo) if self.seq_off is not None else None,
             flags=flags,
             damaged=damaged,
         )
@@ -387,7 +387,7 @@ def _walk_structured(buf: _Area, first: int, nxt: int, hdr: int, o_ts: int, o_le
     buf_len = buf.length
 
     def rec_len(p: int) -> int:
-        return buf.int(p + o_len, 2, bo)
+        return buf.uint(p + o_len, 2, bo)
 
     ptr = first
     seen: set[int] = set()
@@ -402,7 +402,7 @@ def _walk_structured(buf: _Area, first: int, nxt: int, hdr: int, o_ts: int, o_le
         # A len == 0 record marks the end of the buffer: the record is at 0.
         length = rec_len(ptr)
         rec = 0 if length == 0 else ptr
-        text_len = buf.int(rec + o_tl, 2, bo)
+        text_len = buf.uint(rec + o_tl, 2, bo)
         start = rec + hdr
         if start + text_len > buf_len:
             log.damage(f"record at index {rec} runs past the end of log_buf")
@@ -411,7 +411,7 @@ def _walk_structured(buf: _Area, first: int, nxt: int, hdr: int, o_ts: int, o_le
         level, flags = _level_flags(flags_byte, bo) if flags_byte is not None else (0, 0)
         log.records.append(PrintkRecord(
             text=buf.read(start, text_len),
-            ts_nsec=buf.int(rec + o_ts, 8, bo),
+            ts_nsec=buf.uint(rec + o_ts, 8, bo),
             level=level,
             facility=buf.byte(rec + o_fac),
             flags=flags,
