@@ -64,16 +64,16 @@ def write_to_sink(source: Dump, sink: Sink, fmt: str, *, path: str = "", codec: 
 
 
 def check_limits(source: Dump, fmt: str, *, elf_class: int = 64, exclude_zero: bool = False,
-                 out_dir: str | None = None) -> None:
+                 free_bytes: int | None = None, where: str = "the output file system") -> None:
     """Refuse, before any output exists, what the source cannot justify or the output cannot hold.
 
     Checked once here rather than in each writer: a RAM map beyond the
     architecture's physical address space (no field of any format then
     overflows), a VMCOREINFO page size that disagrees with the pages (an ELF
     output would be read back with the wrong one), ELF32's 4 GiB, and the
-    bytes the output will certainly take against the space free in
-    ``out_dir`` — a LiME file holds every RAM byte, so a lying RAM map would
-    otherwise fill the disk before failing.
+    bytes the output will certainly take against ``free_bytes`` — a LiME file
+    holds every RAM byte, so a lying RAM map would otherwise fill the disk
+    before failing.
     """
     from kdumpkit.dump.elf import max_phys_addr
 
@@ -85,18 +85,24 @@ def check_limits(source: Dump, fmt: str, *, elf_class: int = 64, exclude_zero: b
         raise CorruptDumpError(f"{source.path}: memory map reaches {top:#x}, beyond the "
                                f"{limit.bit_length() - 1}-bit physical address space of {source.arch}")
     _check_vmcoreinfo_page_size(source)
+    if not ram and fmt in ("lime", "raw"):  # formats that are nothing but memory
+        raise UsageError(f"{source.path} holds no RAM: a {fmt} output would be an empty file")
     if fmt == "elf" and elf_class == 32 and top > 1 << 32:
         raise UsageError("memory above 4 GiB needs an ELF64 dump")
-    if out_dir is None:
+    if free_bytes is None:
         return
     need = _minimum_output_bytes(source, fmt, ram, top, exclude_zero)
+    if need > free_bytes:
+        raise NoSpaceError(f"{fmt} output needs at least {need} bytes, only {free_bytes} are free in {where}")
+
+
+def _free_bytes(directory: str) -> int | None:
+    """Bytes an unprivileged writer may still use in ``directory``'s file system (None: unknown)."""
     try:
-        st = os.statvfs(out_dir)
+        st = os.statvfs(directory)
     except OSError:
-        return  # no figure to check against; the writer reports a full disk itself
-    free = st.f_bavail * st.f_frsize
-    if need > free:
-        raise NoSpaceError(f"{fmt} output needs at least {need} bytes, only {free} are free in {out_dir}")
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def _check_vmcoreinfo_page_size(source: Dump) -> None:
@@ -132,8 +138,9 @@ def convert(source: Dump, out: str, fmt: str, *, force: bool = False, **kw: Any)
     """Convert ``source`` into ``out`` (``-`` = stdout, flattened formats only)."""
     if fmt not in WRITE_FORMATS:
         raise UsageError(f"cannot write format {fmt!r} (writable: {', '.join(WRITE_FORMATS)})")
+    out_dir = os.path.dirname(os.path.abspath(out))
     check_limits(source, fmt, elf_class=kw.get("elf_class", 64), exclude_zero=kw.get("exclude_zero", False),
-                 out_dir=None if out == "-" else os.path.dirname(os.path.abspath(out)))
+                 free_bytes=None if out == "-" else _free_bytes(out_dir), where=out_dir)
     if out == "-":
         if fmt != "flat":
             raise UsageError("only --format flat can be written to standard output")

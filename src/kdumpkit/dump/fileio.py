@@ -60,11 +60,13 @@ class MappedFile(ByteSource):
     def __init__(self, path: str, *, use_mmap: bool = True) -> None:
         self.name = path
         try:
-            self._fd = os.open(path, os.O_RDONLY)
+            # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before it can be refused.
+            self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
             raise DumpError(f"cannot open {path}: {e.strerror}") from None
         try:
             self.size = _file_size(path, self._fd)
+            os.set_blocking(self._fd, True)
         except BaseException:
             os.close(self._fd)
             raise
