@@ -37,7 +37,7 @@ EXAMPLES = int(os.environ.get("KDUMPKIT_FUZZ_EXAMPLES", "150"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 1000,
                     suppress_health_check=list(HealthCheck))
 CHILD_MEMORY = 512 << 20  # address space a case may add to this process's
-CHILD_SECONDS = 20  # a case that runs longer is a hang
+CHILD_SECONDS = 60  # a case that runs longer is a hang (generous: CI machines are shared)
 OUTPUT_BUDGET = 64 << 20  # bytes an output may take; past it the "disk" is full
 
 
@@ -56,6 +56,7 @@ def in_child(case: Callable[[], None]) -> str | None:
         try:
             os.close(r)
             resource.setrlimit(resource.RLIMIT_AS, (vm_now + CHILD_MEMORY, vm_now + CHILD_MEMORY))
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # pytest-timeout's handler would only raise
             signal.alarm(CHILD_SECONDS)
             case()
         except KdumpkitError:
@@ -250,6 +251,9 @@ def _same_readable_pages(source: Dump, out: Dump, fmt: str) -> None:
 @given(mutated())
 def test_fuzz_writers(data: bytes) -> None:
     failure = in_child(lambda: _convert_and_read_back(data))
+    if failure and os.environ.get("KDUMPKIT_FUZZ_SAVE"):
+        with open(os.environ["KDUMPKIT_FUZZ_SAVE"], "wb") as f:
+            f.write(data)
     assert failure is None, failure
 
 
