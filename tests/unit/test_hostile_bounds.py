@@ -172,6 +172,19 @@ def test_structured_log_buf_len_within_memory_is_read_lazily(tmp_path: Path) -> 
     assert [line.split("] ", 1)[1] for line in run.out.splitlines()] == [r.text.decode() for r in RECORDS]
 
 
+def test_plain_log_buf_len_bigger_than_the_dump_is_refused() -> None:
+    from kdumpkit.errors import KernelError
+    from kdumpkit.kernel.memory import kernel_memory
+    from kdumpkit.kernel.printk import get_printk_log
+
+    k = SyntheticKernel(osrelease="3.2.0")
+    k.plain_log(b"<6>[    0.000000] hello\n", buf_len=256)
+    k.write_u32(k.symbols["log_buf_len"], 1 << 30)
+    k.write_u32(k.symbols["log_end"], 1 << 30)
+    with pytest.raises(KernelError, match="log_buf_len 1073741824 claims"):
+        get_printk_log(kernel_memory(k.dump()))
+
+
 # -- 2. decompression bombs: a page decompresses into at most one page ----------------------
 def _kdump_with_page(path: Path, page_size: int, flag: int, blob: bytes) -> Path:
     """A kdump file whose pfn 0 is stored as ``blob`` with compression ``flag``."""

@@ -241,7 +241,7 @@ def _lockless_records(mem: KernelMemory, info: VmcoreInfo, log: PrintkLog) -> No
           (desc_size + info_size) * count + size)
     for what, va in (("printk descriptors", descs_va), ("printk record infos", infos_va), ("printk text data", data_va)):
         _require_readable(mem, what, va)
-    ring_ = _LocklessRing(
+    arrays = _LocklessRing(
         descs=_Area(mem, descs_va, desc_size * count), infos=_Area(mem, infos_va, info_size * count),
         data=_Area(mem, data_va, size), count=count, size_bits=size_bits, desc_size=desc_size, info_size=info_size,
         sv_off=sv_off, begin_off=begin_off, next_off=next_off, seq_off=seq_off, ts_off=ts_off, tl_off=tl_off,
@@ -260,19 +260,19 @@ def _lockless_records(mem: KernelMemory, info: VmcoreInfo, log: PrintkLog) -> No
     while left > 0:  # tail to head inclusive, bounded by the ring size
         idx = ident % count
         d = idx * desc_size
-        bad_end = ring_.descs.bad_end(d, desc_size)
+        bad_end = arrays.descs.bad_end(d, desc_size)
         if bad_end is not None:
             # Every descriptor starting before the unreadable page ends touches it:
             # skip them at once, so a lying count costs one step per page, not per id.
             step = max(1, min(-(-(bad_end - d) // desc_size), count - idx, left))
         else:
             step = 1
-            rec = ring_.record(ident)
+            rec = arrays.record(ident)
             if rec is not None:
                 log.records.append(rec)
         ident = (ident + step) & id_mask
         left -= step
-    for what, area in (("descriptors", ring_.descs), ("record infos", ring_.infos), ("text data", ring_.data)):
+    for what, area in (("descriptors", arrays.descs), ("record infos", arrays.infos), ("text data", arrays.data)):
         if bad := area.unreadable_bytes():
             log.damage(f"printk {what}: {bad} bytes unreadable")
 
