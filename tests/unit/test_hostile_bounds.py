@@ -230,10 +230,13 @@ def test_zlib_bomb_helper_is_a_valid_stream() -> None:
     assert zlib.decompress(zlib_bomb(4 << 22)) == bytes(4 << 22)
 
 
-BOMBS: dict[str, Callable[[], tuple[int, int, bytes]]] = {
-    "zstd-2GiB-content-size": lambda: (4096, FLAG_ZSTD, zstd_frame_announcing(1 << 31)),
-    "zlib-1MiB-to-1GiB": lambda: (1 << 20, FLAG_ZLIB, zlib_bomb(1 << 30)),
-    "snappy-length-ffffffff": lambda: (4096, FLAG_SNAPPY, b"\xff\xff\xff\xff\x0f" + bytes(64)),
+#: (page size, flag, stored page, what the refusal says): the size is refused before anything is allocated
+BOMBS: dict[str, Callable[[], tuple[int, int, bytes, str]]] = {
+    "zstd-2GiB-content-size": lambda: (4096, FLAG_ZSTD, zstd_frame_announcing(1 << 31),
+                                       "zstd page announces 2147483648 bytes, not 4096"),
+    "zlib-1MiB-to-1GiB": lambda: (1 << 20, FLAG_ZLIB, zlib_bomb(1 << 30), "zlib page inflates past 1048576 bytes"),
+    "snappy-length-ffffffff": lambda: (4096, FLAG_SNAPPY, b"\xff\xff\xff\xff\x0f" + bytes(64),
+                                       "snappy page announces 4294967295 bytes, not 4096"),
 }
 
 
@@ -243,10 +246,10 @@ def test_decompression_bomb_is_one_corrupt_page(tmp_path: Path, bomb: str) -> No
         pytest.importorskip("zstandard")
     if bomb.startswith("snappy"):
         pytest.importorskip("cramjam")
-    page_size, flag, blob = BOMBS[bomb]()
+    page_size, flag, blob, why = BOMBS[bomb]()
     path = _kdump_with_page(tmp_path / "vmcore", page_size, flag, blob)
     run = kdumpkit_cli("verify", path, cwd=tmp_path)
-    assert run.rc != 0 and "pfn 0x0: corrupt dump" in run.out + run.err
+    assert run.rc != 0 and f"pfn 0x0: corrupt dump: {why}" in run.out + run.err
     out = tmp_path / "out.elf"
     kdumpkit_cli("convert", path, out, "-f", "elf", cwd=tmp_path).refused("corrupt dump")
     assert leftovers(out) == []
