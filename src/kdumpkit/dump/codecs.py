@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import repeat
+from typing import Any
 
 from kdumpkit.dump.base import Buffer
 from kdumpkit.errors import CorruptDumpError, UnsupportedCompressionError
@@ -61,7 +62,14 @@ def _zlib() -> Codec:
 
 
 def _zlib_decompress(data: bytes, size: int) -> bytes:
-    return zlib.decompress(data, bufsize=size)
+    """At most ``size + 1`` bytes come out, whatever the stream holds: a 1 MiB page may inflate to 1 GiB."""
+    d = zlib.decompressobj()
+    out = d.decompress(data, size + 1)
+    if len(out) > size:
+        raise CorruptDumpError(f"zlib page inflates past {size} bytes")
+    if not d.eof:
+        raise CorruptDumpError("zlib page stream is truncated")
+    return out
 
 
 def _lzo() -> Codec:
@@ -87,8 +95,25 @@ def _snappy() -> Codec:
         "snappy",
         FLAG_SNAPPY,
         lambda b: bytes(cramjam.snappy.compress_raw(b)),
-        lambda d, n: bytes(cramjam.snappy.decompress_raw(d)),
+        lambda d, n: _snappy_decompress(cramjam, d, n),
     )
+
+
+def _snappy_decompress(cramjam: Any, data: bytes, size: int) -> bytes:
+    """Raw snappy starts with the uncompressed length (a varint); the library allocates it blindly."""
+    announced, shift, pos = 0, 0, 0
+    while pos < min(len(data), 5):
+        byte = data[pos]
+        announced |= (byte & 0x7F) << shift
+        pos += 1
+        if not byte & 0x80:
+            break
+        shift += 7
+    else:
+        raise CorruptDumpError("snappy page has no length header")
+    if announced != size:
+        raise CorruptDumpError(f"snappy page announces {announced} bytes, not {size}")
+    return bytes(cramjam.snappy.decompress_raw(data))
 
 
 def _zstd() -> Codec:
@@ -102,9 +127,17 @@ def _zstd() -> Codec:
         "zstd",
         FLAG_ZSTD,
         cctx.compress,
-        lambda d, n: dctx.decompress(d, max_output_size=n),
+        lambda d, n: _zstd_decompress(zstandard, dctx, d, n),
         lambda pages: list(map(cctx.compress, pages)),
     )
+
+
+def _zstd_decompress(zstandard: Any, dctx: Any, data: bytes, size: int) -> bytes:
+    """``max_output_size`` is ignored when the frame states its content size: check that size first."""
+    announced = zstandard.frame_content_size(data)
+    if announced not in (-1, size):  # -1: not stated, then max_output_size bounds the output
+        raise CorruptDumpError(f"zstd page announces {announced} bytes, not {size}")
+    return bytes(dctx.decompress(data, max_output_size=size))
 
 
 _BUILDERS: dict[str, Callable[[], Codec]] = {
@@ -152,7 +185,7 @@ def decompress_page(flags: int, data: bytes, page_size: int) -> bytes:
     c = codec_for_flag(comp)
     try:
         out = c.decompress(data, page_size)
-    except UnsupportedCompressionError:
+    except (UnsupportedCompressionError, CorruptDumpError):
         raise
     except Exception as e:  # codec libraries raise their own types
         raise CorruptDumpError(f"{c.name} page does not decompress: {e}") from None

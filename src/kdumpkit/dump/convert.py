@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from kdumpkit.dump.base import Dump
 from kdumpkit.dump.sink import FileSink, Sink
 from kdumpkit.dump.writer import Progress, WriteStats
-from kdumpkit.errors import OutputError, UsageError
+from kdumpkit.errors import CorruptDumpError, KernelError, NoSpaceError, OutputError, UsageError
 
 WRITE_FORMATS = ["elf", "kdump", "flat", "raw", "lime", "lkcd"]
 
@@ -66,10 +66,84 @@ def write_to_sink(source: Dump, sink: Sink, fmt: str, *, path: str = "", codec: 
     raise UsageError(f"cannot write format {fmt!r} (writable: {', '.join(WRITE_FORMATS)})")
 
 
+def check_limits(source: Dump, fmt: str, *, elf_class: int = 64, exclude_zero: bool = False,
+                 free_bytes: int | None = None, where: str = "the output file system") -> None:
+    """Refuse, before any output exists, what the source cannot justify or the output cannot hold.
+
+    Checked once here rather than in each writer: a RAM map beyond the
+    architecture's physical address space (no field of any format then
+    overflows), a VMCOREINFO page size that disagrees with the pages (an ELF
+    output would be read back with the wrong one), ELF32's 4 GiB, and the
+    bytes the output will certainly take against ``free_bytes`` — a LiME file
+    holds every RAM byte, so a lying RAM map would otherwise fill the disk
+    before failing.
+    """
+    from kdumpkit.dump.elf import max_phys_addr
+
+    ps = source.page_size
+    ram = source.ram_runs()
+    top = max(ram[-1][1] if ram else 0, source.max_pfn) * ps
+    limit = max_phys_addr(source.arch)
+    if top > limit:
+        raise CorruptDumpError(f"{source.path}: memory map reaches {top:#x}, beyond the "
+                               f"{limit.bit_length() - 1}-bit physical address space of {source.arch}")
+    _check_vmcoreinfo_page_size(source)
+    if not ram and fmt in ("lime", "raw"):  # formats that are nothing but memory
+        raise UsageError(f"{source.path} holds no RAM: a {fmt} output would be an empty file")
+    if fmt == "elf" and elf_class == 32 and top > 1 << 32:
+        raise UsageError("memory above 4 GiB needs an ELF64 dump")
+    if free_bytes is None:
+        return
+    need = _minimum_output_bytes(source, fmt, ram, top, exclude_zero)
+    if need > free_bytes:
+        raise NoSpaceError(f"{fmt} output needs at least {need} bytes, only {free_bytes} are free in {where}")
+
+
+def _free_bytes(directory: str) -> int | None:
+    """Bytes an unprivileged writer may still use in ``directory``'s file system (None: unknown)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _check_vmcoreinfo_page_size(source: Dump) -> None:
+    from kdumpkit.kernel.vmcoreinfo import VmcoreInfo
+
+    raw = source.vmcoreinfo_raw()
+    if not raw:
+        return
+    try:
+        vmci_ps = VmcoreInfo.from_text(raw).page_size
+    except KernelError as e:
+        raise CorruptDumpError(f"{source.path}: {e}") from None
+    if vmci_ps is not None and vmci_ps != source.page_size:
+        raise CorruptDumpError(f"{source.path}: VMCOREINFO PAGESIZE={vmci_ps} but the dump's pages are "
+                               f"{source.page_size} bytes")
+
+
+def _minimum_output_bytes(source: Dump, fmt: str, ram: list[tuple[int, int]], top: int, exclude_zero: bool) -> int:
+    """Bytes ``fmt`` will write whatever the compression: a lower bound, exact where it is cheap."""
+    ps = source.page_size
+    ram_pages = sum(e - s for s, e in ram)
+    dumped = 0 if exclude_zero else sum(e - s for s, e in source.dumped_runs())
+    if fmt == "lime":
+        return ram_pages * ps + 32 * len(ram)  # every RAM page, excluded ones as zeros
+    if fmt in ("kdump", "flat"):
+        return 2 * -(-top // ps // 8) + 24 * dumped  # two bitmaps over max_mapnr, a page_desc per page
+    if fmt in ("elf", "raw"):
+        return dumped * ps
+    return 16 * dumped  # lkcd: a page record header per page
+
+
 def convert(source: Dump, out: str, fmt: str, *, force: bool = False, **kw: Any) -> WriteStats:
     """Convert ``source`` into ``out`` (``-`` = stdout, flattened formats only)."""
     if fmt not in WRITE_FORMATS:
         raise UsageError(f"cannot write format {fmt!r} (writable: {', '.join(WRITE_FORMATS)})")
+    out_dir = os.path.dirname(os.path.abspath(out))
+    check_limits(source, fmt, elf_class=kw.get("elf_class", 64), exclude_zero=kw.get("exclude_zero", False),
+                 free_bytes=None if out == "-" else _free_bytes(out_dir), where=out_dir)
     if out == "-":
         if fmt != "flat":
             raise UsageError("only --format flat can be written to standard output")
@@ -81,6 +155,8 @@ def convert(source: Dump, out: str, fmt: str, *, force: bool = False, **kw: Any)
     if os.path.exists(out) and not force:
         raise OutputError(f"{out} exists (will not overwrite; use --force)")
     part = out + ".part"
+    # The raw writer puts OUT.memmap and OUT.notes beside the image: a failure removes those it created.
+    sides = [p for p in (out + ".memmap", out + ".notes") if fmt == "raw" and not os.path.exists(p)]
     sink: Sink
     if fmt == "flat":
         from kdumpkit.dump.flattened import FlattenedSink
@@ -94,8 +170,9 @@ def convert(source: Dump, out: str, fmt: str, *, force: bool = False, **kw: Any)
         sink.close()
     except BaseException:
         sink.abort()
-        if os.path.exists(part):
-            os.unlink(part)
+        for leftover in (part, *sides):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
         raise
     os.replace(part, out)
     return stats

@@ -39,6 +39,15 @@ PF_RWX = 7
 EM_ARCH = {3: "i686", 62: "x86_64", 183: "aarch64", 21: "ppc64", 22: "s390x", 243: "riscv64", 40: "arm", 8: "mips"}
 ARCH_EM = {v: k for k, v in EM_ARCH.items()} | {"i386": 3, "x86": 3, "ppc64le": 21}
 DEFAULT_PAGE_SIZE = {"ppc64": 65536}
+#: Physical address bits (MAXPHYSADDR): x86_64 and arm64 (LPA) reach 52, RISC-V Sv57 56; the
+#: others less.  A RAM map above this is a corrupt header, whatever its segments say.
+MAX_PHYS_BITS = {"riscv64": 56}
+DEFAULT_MAX_PHYS_BITS = 52
+
+
+def max_phys_addr(arch: str) -> int:
+    """The end of the physical address space of ``arch``: no RAM lies at or above it."""
+    return 1 << MAX_PHYS_BITS.get(arch, DEFAULT_MAX_PHYS_BITS)
 
 # -- declared structures (one declaration for reading and writing) ---------------
 EHDR_IDENT = Struct("e_ident", [("magic", "4s"), ("ei_class", "B"), ("ei_data", "B"), ("ei_version", "B"),
@@ -66,15 +75,12 @@ def _layouts(ei_class: int, byteorder: str) -> tuple[Struct, Struct, Struct]:
 
 
 def _vmcoreinfo_page_size(notes: list[Note]) -> int | None:
+    """PAGESIZE of the first VMCOREINFO note (validated there), or None."""
+    from kdumpkit.kernel.vmcoreinfo import VmcoreInfo
+
     for n in notes:
         if n.name == "VMCOREINFO":
-            for line in n.desc.split(b"\n"):
-                if line.startswith(b"PAGESIZE="):
-                    try:
-                        v = int(line[9:])
-                    except ValueError:
-                        return None
-                    return v if v > 0 and v & (v - 1) == 0 else None
+            return VmcoreInfo.from_text(n.desc).page_size
     return None
 
 
@@ -130,13 +136,23 @@ class ElfDump(SegmentDump):
             elif ph.p_type == PT_LOAD:
                 if ph.p_filesz > ph.p_memsz:
                     raise CorruptDumpError(f"PT_LOAD {i}: p_filesz {ph.p_filesz:#x} > p_memsz {ph.p_memsz:#x}")
+                if ph.p_paddr == (1 << self.elf_class) - 1:
+                    continue  # /proc/kcore: vmalloc/module memory, no physical address
                 filesz = 0 if ph.p_offset == (1 << self.elf_class) - 1 else ph.p_filesz  # QEMU: not stored
+                self._check_phys(i, ph.p_paddr, ph.p_memsz)
                 self.loads.append(Segment(ph.p_paddr, ph.p_offset, filesz, ph.p_memsz, ph.p_vaddr))
         self._notes = note_bytes
         ps = page_size or _vmcoreinfo_page_size(note_bytes) or DEFAULT_PAGE_SIZE.get(self.arch, 4096)
         self.page_size = ps
         self._map_segments(self.loads)
         self.incomplete = bool(self.e_flags & DUMP_ELF_INCOMPLETE) or self.truncated
+
+    def _check_phys(self, index: int, paddr: int, memsz: int) -> None:
+        """A segment beyond the physical address space is a lie that would size every map and output."""
+        limit = max_phys_addr(self.arch)
+        if paddr + memsz > limit:
+            raise CorruptDumpError(f"{self.src.name}: PT_LOAD {index} claims memory [{paddr:#x}, {paddr + memsz:#x}) "
+                                   f"beyond the {limit.bit_length() - 1}-bit physical address space of {self.arch}")
 
     def notes(self) -> list[Note]:
         return list(self._notes)

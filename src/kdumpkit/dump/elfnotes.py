@@ -40,10 +40,19 @@ def parse_notes(buf: Buffer, byteorder: str = "little", *, strict: bool = False)
             if strict:
                 raise CorruptDumpError(f"note at offset {off} runs past its segment")
             break
-        name = data[name_off:name_off + h.n_namesz].split(b"\0", 1)[0].decode("ascii", "replace")
+        # latin-1 maps every byte to one character: any name survives a round trip and prints.
+        name = data[name_off:name_off + h.n_namesz].split(b"\0", 1)[0].decode("latin-1")
         notes.append(Note(name, h.n_type, data[desc_off:desc_off + h.n_descsz]))
         off = end
     return notes
+
+
+def note_name_bytes(name: str) -> bytes:
+    """The on-disk bytes of a note name: what :func:`parse_notes` read (latin-1), else UTF-8."""
+    try:
+        return name.encode("latin-1")
+    except UnicodeEncodeError:
+        return name.encode("utf-8")
 
 
 def build_notes(notes: list[Note], byteorder: str = "little") -> bytes:
@@ -51,7 +60,7 @@ def build_notes(notes: list[Note], byteorder: str = "little") -> bytes:
     hdr = NHDR if byteorder == "little" else NHDR.with_byteorder(">")
     out = bytearray()
     for n in notes:
-        name = n.name.encode("ascii") + b"\0"
+        name = note_name_bytes(n.name) + b"\0"
         out += hdr.pack(n_namesz=len(name), n_descsz=len(n.desc), n_type=n.type)
         out += name + bytes(_align4(len(name)) - len(name))
         out += n.desc + bytes(_align4(len(n.desc)) - len(n.desc))

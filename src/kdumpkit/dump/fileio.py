@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from abc import ABC, abstractmethod
 
 from kdumpkit.dump.base import Buffer
@@ -59,10 +60,16 @@ class MappedFile(ByteSource):
     def __init__(self, path: str, *, use_mmap: bool = True) -> None:
         self.name = path
         try:
-            self._fd = os.open(path, os.O_RDONLY)
+            # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before it can be refused.
+            self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
             raise DumpError(f"cannot open {path}: {e.strerror}") from None
-        self.size = os.fstat(self._fd).st_size
+        try:
+            self.size = _file_size(path, self._fd)
+            os.set_blocking(self._fd, True)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._mm: mmap.mmap | None = None
         self._lo = self._hi = self._since_trim = 0
         if self.size and use_mmap:
@@ -76,7 +83,10 @@ class MappedFile(ByteSource):
         if self._mm is not None:
             self._touch(offset, length)
             return memoryview(self._mm)[offset:offset + length]
-        data = os.pread(self._fd, length, offset)
+        try:
+            data = os.pread(self._fd, length, offset)
+        except OSError as e:  # EIO on a failing disk, a device that went away
+            raise DumpError(f"cannot read {self.name} at offset {offset}: {e.strerror}") from None
         if len(data) != length:
             raise TruncatedDumpError(f"short read of {length} bytes at {offset} in {self.name}", offset + len(data))
         return data
@@ -117,6 +127,23 @@ class MappedFile(ByteSource):
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _file_size(path: str, fd: int) -> int:
+    """Size of what ``fd`` reads; refuses what is not a file of bytes at fixed offsets.
+
+    A directory opens read-only like a file and fails only at the first read;
+    a FIFO or socket cannot be read at an offset.  A block device reports
+    ``st_size`` 0: its size is where it ends.
+    """
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        raise DumpError(f"{path} is a directory, not a dump file")
+    if stat.S_ISBLK(st.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISCHR(st.st_mode):
+        raise DumpError(f"{path} is not a regular file (a FIFO or socket cannot be read at offsets)")
+    return st.st_size
 
 
 class BytesSource(ByteSource):

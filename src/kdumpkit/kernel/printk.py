@@ -88,31 +88,97 @@ class PrintkLog:
         self.problems.append(why)
 
 
-# -- tolerant reading ---------------------------------------------------------
-def _read_tolerant(mem: KernelMemory, va: int, length: int) -> tuple[bytes, list[tuple[int, int]]]:
-    """Read ``length`` bytes; unreadable pages read as zeros and are reported as offset ranges."""
-    out = bytearray()
-    bad: list[tuple[int, int]] = []
-    ps = mem.page_size
-    addr = va
-    end = va + length
-    while addr < end:
-        n = min(ps - (addr % ps), end - addr)
-        try:
-            out += mem.read_virt(addr, n)
-        except KdumpkitError:
-            out += bytes(n)
-            start = addr - va
-            if bad and bad[-1][1] == start:
-                bad[-1] = (bad[-1][0], start + n)
-            else:
-                bad.append((start, start + n))
-        addr += n
-    return bytes(out), bad
+# -- tolerant, lazy reading ---------------------------------------------------
+class _Area:
+    """``length`` bytes of kernel memory at ``va``, read a page at a time when first touched.
+
+    A ring header is data from a crashed kernel: it may claim a gigabyte ring
+    in a dump of a few pages.  Reading the claim whole (zeros for what is
+    unreadable) cost gigabytes; reading on demand costs only the pages the
+    walk touches, which are bounded by what the dump really holds.  Readable
+    pages are cached; unreadable ones read as zeros and are counted.
+    """
+
+    def __init__(self, mem: KernelMemory, va: int, length: int) -> None:
+        self.mem = mem
+        self.va = va
+        self.length = length
+        self.ps = mem.page_size
+        self._pages: dict[int, bytes | None] = {}
+
+    def _page(self, vpn: int) -> bytes | None:
+        if vpn not in self._pages:
+            try:
+                self._pages[vpn] = self.mem.read_virt(vpn * self.ps, self.ps)
+            except KdumpkitError:
+                self._pages[vpn] = None
+        return self._pages[vpn]
+
+    def _vpns(self, off: int, n: int) -> range:
+        return range((self.va + off) // self.ps, (self.va + off + n - 1) // self.ps + 1)
+
+    def read(self, off: int, n: int) -> bytes:
+        """Bytes ``[off, off + n)`` clipped to the area (like slicing ``bytes``); unreadable ones are zeros."""
+        off = max(off, 0)
+        n = min(n, self.length - off)
+        if n <= 0:
+            return b""
+        out = bytearray()
+        for vpn in self._vpns(off, n):
+            page = self._page(vpn)
+            lo = max(self.va + off, vpn * self.ps) - vpn * self.ps
+            hi = min(self.va + off + n, (vpn + 1) * self.ps) - vpn * self.ps
+            out += page[lo:hi] if page is not None else bytes(hi - lo)
+        return bytes(out)
+
+    def readable(self, off: int, n: int) -> bytes:
+        """Like :meth:`read` but unreadable pages are left out."""
+        out = bytearray()
+        for vpn in self._vpns(off, n) if n > 0 else ():
+            lo = max(self.va + off, vpn * self.ps)
+            out += self.read(lo - self.va, min(self.va + off + n, (vpn + 1) * self.ps) - lo) if self._page(vpn) else b""
+        return bytes(out)
+
+    def uint(self, off: int, size: int, byteorder: str) -> int:
+        return _le(self.read(off, size), 0, size, byteorder)
+
+    def byte(self, off: int) -> int | None:
+        b = self.read(off, 1)
+        return b[0] if b else None
+
+    def bad_end(self, off: int, n: int) -> int | None:
+        """Area offset where the last unreadable page touching ``[off, off + n)`` ends, or None if all read."""
+        end = None
+        for vpn in self._vpns(off, max(n, 1)):
+            if self._page(vpn) is None:
+                end = (vpn + 1) * self.ps - self.va
+        return end
+
+    def damaged(self, off: int, n: int) -> bool:
+        return self.bad_end(off, n) is not None
+
+    def unreadable_bytes(self) -> int:
+        """Bytes of the area in pages found unreadable so far."""
+        total = 0
+        for vpn, page in self._pages.items():
+            if page is None:
+                total += min(self.va + self.length, (vpn + 1) * self.ps) - max(self.va, vpn * self.ps)
+        return total
 
 
-def _overlaps(bad: list[tuple[int, int]], start: int, end: int) -> bool:
-    return any(s < end and start < e for s, e in bad)
+def _fits(mem: KernelMemory, what: str, nbytes: int) -> None:
+    """Refuse a ring larger than the physical memory the dump describes: a lie, not a big log."""
+    span = getattr(mem, "max_phys", None)
+    if isinstance(span, int) and span > 0 and nbytes > span:
+        raise KernelError(f"{what} claims {nbytes} bytes but the dump's memory spans only {span} bytes: corrupt header")
+
+
+def _require_readable(mem: KernelMemory, what: str, va: int) -> None:
+    """Garbage ring pointers would make every read below fail: the start of each array must read."""
+    try:
+        mem.read_virt(va, 8)
+    except KdumpkitError as e:
+        raise KernelError(f"{what} at {va:#x} unreadable: {e}") from None
 
 
 def _le(buf: bytes, off: int, size: int, byteorder: str) -> int:
@@ -169,22 +235,20 @@ def _lockless_records(mem: KernelMemory, info: VmcoreInfo, log: PrintkLog) -> No
     fac_off = tl_off + 2
     lvl_off = tl_off + 3
 
-    # Garbage ring pointers would make the tolerant reads below zero-fill up
-    # to gigabytes: insist the start of each array is readable.
-    for what, va in (("descriptors", descs_va), ("record infos", infos_va), ("text data", data_va)):
-        try:
-            mem.read_virt(va, 8)
-        except KdumpkitError as e:
-            raise KernelError(f"printk {what} at {va:#x} unreadable: {e}") from None
-    descs, bad_descs = _read_tolerant(mem, descs_va, desc_size * count)
-    infos, bad_infos = _read_tolerant(mem, infos_va, info_size * count)
-    data, bad_data = _read_tolerant(mem, data_va, size)
-    for what, bad in (("descriptors", bad_descs), ("record infos", bad_infos), ("text data", bad_data)):
-        if bad:
-            log.damage(f"printk {what}: {sum(e - s for s, e in bad)} bytes unreadable")
+    if desc_size <= 0 or info_size <= 0:
+        raise KernelError(f"printk ring buffer looks corrupt (SIZE(prb_desc)={desc_size}, SIZE(printk_info)={info_size})")
+    _fits(mem, f"printk ring buffer (count_bits={count_bits}, size_bits={size_bits})",
+          (desc_size + info_size) * count + size)
+    for what, va in (("printk descriptors", descs_va), ("printk record infos", infos_va), ("printk text data", data_va)):
+        _require_readable(mem, what, va)
+    arrays = _LocklessRing(
+        descs=_Area(mem, descs_va, desc_size * count), infos=_Area(mem, infos_va, info_size * count),
+        data=_Area(mem, data_va, size), count=count, size_bits=size_bits, desc_size=desc_size, info_size=info_size,
+        sv_off=sv_off, begin_off=begin_off, next_off=next_off, seq_off=seq_off, ts_off=ts_off, tl_off=tl_off,
+        caller_off=caller_off, fac_off=fac_off, lvl_off=lvl_off, ulong=ulong, bo=bo,
+    )
 
     id_mask = (1 << (bits - 2)) - 1
-    full = (1 << bits) - 1
     n_ids = ((head_id - tail_id) & id_mask) + 1
     if n_ids > count:
         log.damage(f"printk descriptor ids tail {tail_id:#x} .. head {head_id:#x} span more than the {count} descriptors")
@@ -192,64 +256,93 @@ def _lockless_records(mem: KernelMemory, info: VmcoreInfo, log: PrintkLog) -> No
         n_ids = count
 
     ident = tail_id
-    for _ in range(n_ids):  # tail to head inclusive, bounded by the ring size
-        rec = _lockless_record(
-            ident, descs, infos, data, bad_descs, bad_infos, bad_data,
-            count, size, size_bits, desc_size, info_size, sv_off, begin_off, next_off,
-            seq_off, ts_off, tl_off, caller_off, fac_off, lvl_off, ulong, bits, full, bo,
+    left = n_ids
+    while left > 0:  # tail to head inclusive, bounded by the ring size
+        idx = ident % count
+        d = idx * desc_size
+        bad_end = arrays.descs.bad_end(d, desc_size)
+        if bad_end is not None:
+            # Every descriptor starting before the unreadable page ends touches it:
+            # skip them at once, so a lying count costs one step per page, not per id.
+            step = max(1, min(-(-(bad_end - d) // desc_size), count - idx, left))
+        else:
+            step = 1
+            rec = arrays.record(ident)
+            if rec is not None:
+                log.records.append(rec)
+        ident = (ident + step) & id_mask
+        left -= step
+    for what, area in (("descriptors", arrays.descs), ("record infos", arrays.infos), ("text data", arrays.data)):
+        if bad := area.unreadable_bytes():
+            log.damage(f"printk {what}: {bad} bytes unreadable")
+
+
+@dataclass(frozen=True)
+class _LocklessRing:
+    """The three arrays of a 5.10+ ring and the field offsets VMCOREINFO gave for them."""
+
+    descs: _Area
+    infos: _Area
+    data: _Area
+    count: int
+    size_bits: int
+    desc_size: int
+    info_size: int
+    sv_off: int
+    begin_off: int
+    next_off: int
+    seq_off: int | None
+    ts_off: int
+    tl_off: int
+    caller_off: int | None
+    fac_off: int
+    lvl_off: int
+    ulong: int
+    bo: str
+
+    def record(self, ident: int) -> PrintkRecord | None:
+        """The record of descriptor id ``ident``, or None if it holds none (reused, reserved, data-less)."""
+        bo, ulong, bits = self.bo, self.ulong, self.ulong * 8
+        size, size_bits, full = 1 << self.size_bits, self.size_bits, (1 << bits) - 1
+        descs, infos = self.descs, self.infos
+        idx = ident % self.count
+        d = idx * self.desc_size
+        state_var = descs.uint(d + self.sv_off, ulong, bo)
+        state = (state_var >> (bits - 2)) & 3
+        if state_var & ((1 << (bits - 2)) - 1) != ident or state not in (1, 2):  # committed or finalized
+            return None
+        begin = descs.uint(d + self.begin_off, ulong, bo)
+        nxt = descs.uint(d + self.next_off, ulong, bo)
+        if begin & 1 or nxt & 1:  # FAILED_LPOS / EMPTY_LINE_LPOS: data-less, tools skip it
+            return None
+        # Kernel get_data(): full lpos values, not the "begin > next" shortcut, so a
+        # block ending exactly at the ring end (2025 "don't needlessly wrap") is right.
+        # "nxt - 1" keeps a block that ends exactly at the ring end unwrapped.
+        if begin < nxt and begin >> size_bits == ((nxt - 1) & full) >> size_bits:
+            blk, blk_len = begin & (size - 1), nxt - begin
+        elif ((begin + size) & full) >> size_bits == nxt >> size_bits:
+            blk, blk_len = 0, nxt & (size - 1)
+        else:
+            return None
+        if blk_len < ulong or blk + blk_len > size:
+            return None
+        i = idx * self.info_size
+        text_len = min(infos.uint(i + self.tl_off, 2, bo), blk_len - ulong)  # truncated messages
+        start = blk + ulong
+        text = self.data.read(start, text_len)
+        level, flags = _level_flags(infos.byte(i + self.lvl_off) or 0, bo)
+        damaged = (descs.damaged(d, self.desc_size) or infos.damaged(i, self.info_size)
+                   or (text_len > 0 and self.data.damaged(start, text_len)))
+        return PrintkRecord(
+            text=text,
+            ts_nsec=infos.uint(i + self.ts_off, 8, bo),
+            level=level,
+            facility=infos.byte(i + self.fac_off),
+            caller_id=infos.uint(i + self.caller_off, 4, bo) if self.caller_off is not None else None,
+            seq=infos.uint(i + self.seq_off, 8, bo) if self.seq_off is not None else None,
+            flags=flags,
+            damaged=damaged,
         )
-        if rec is not None:
-            log.records.append(rec)
-        ident = (ident + 1) & id_mask
-
-
-def _lockless_record(
-    ident: int, descs: bytes, infos: bytes, data: bytes,
-    bad_descs: list[tuple[int, int]], bad_infos: list[tuple[int, int]], bad_data: list[tuple[int, int]],
-    count: int, size: int, size_bits: int, desc_size: int, info_size: int,
-    sv_off: int, begin_off: int, next_off: int,
-    seq_off: int | None, ts_off: int, tl_off: int, caller_off: int | None, fac_off: int, lvl_off: int,
-    ulong: int, bits: int, full: int, bo: str,
-) -> PrintkRecord | None:
-    idx = ident % count
-    d = idx * desc_size
-    state_var = _le(descs, d + sv_off, ulong, bo)
-    state = (state_var >> (bits - 2)) & 3
-    if state_var & ((1 << (bits - 2)) - 1) != ident or state not in (1, 2):  # committed or finalized
-        return None
-    begin = _le(descs, d + begin_off, ulong, bo)
-    nxt = _le(descs, d + next_off, ulong, bo)
-    if begin & 1 or nxt & 1:  # FAILED_LPOS / EMPTY_LINE_LPOS: data-less, tools skip it
-        return None
-    # Kernel get_data(): full lpos values, not the "begin > next" shortcut, so a
-    # block ending exactly at the ring end (2025 "don't needlessly wrap") is right.
-    # "nxt - 1" keeps a block that ends exactly at the ring end unwrapped.
-    if begin < nxt and begin >> size_bits == ((nxt - 1) & full) >> size_bits:
-        blk, blk_len = begin & (size - 1), nxt - begin
-    elif ((begin + size) & full) >> size_bits == nxt >> size_bits:
-        blk, blk_len = 0, nxt & (size - 1)
-    else:
-        return None
-    if blk_len < ulong or blk + blk_len > size:
-        return None
-    i = idx * info_size
-    text_len = _le(infos, i + tl_off, 2, bo)
-    text_len = min(text_len, blk_len - ulong)  # truncated messages
-    start = blk + ulong
-    text = data[start:start + text_len]
-    level, flags = _level_flags(infos[i + lvl_off], bo)
-    damaged = (_overlaps(bad_descs, d, d + desc_size) or _overlaps(bad_infos, i, i + info_size)
-               or _overlaps(bad_data, start, start + text_len))
-    return PrintkRecord(
-        text=text,
-        ts_nsec=_le(infos, i + ts_off, 8, bo),
-        level=level,
-        facility=infos[i + fac_off],
-        caller_id=_le(infos, i + caller_off, 4, bo) if caller_off is not None else None,
-        seq=_le(infos, i + seq_off, 8, bo) if seq_off is not None else None,
-        flags=flags,
-        damaged=damaged,
-    )
 
 
 # -- v3.5 .. v5.9: variable-length records -------------------------------------
@@ -269,26 +362,37 @@ def _structured_records(mem: KernelMemory, info: VmcoreInfo, log: PrintkLog) -> 
     buf_len = mem.read_s32(info.require_symbol("log_buf_len"))
     first = mem.read_u32(info.require_symbol("log_first_idx"))
     nxt = mem.read_u32(info.require_symbol("log_next_idx"))
-    if not 0 < buf_len <= _MAX_LOG_BUF_LEN or buf_len & (buf_len - 1):  # the kernel rounds it to a power of 2
-        raise KernelError(f"log_buf_len {buf_len} is impossible")
-    try:
-        mem.read_virt(buf_va, 8)
-    except KdumpkitError as e:
-        raise KernelError(f"log_buf at {buf_va:#x} unreadable: {e}") from None
-    buf, bad = _read_tolerant(mem, buf_va, buf_len)
-    if bad:
-        log.damage(f"log_buf: {sum(e - s for s, e in bad)} of {buf_len} bytes unreadable")
+    if hdr <= 0:
+        raise KernelError(f"SIZE({sname})={hdr} is impossible")
+    _check_log_buf_len(mem, buf_len)
+    _require_readable(mem, "log_buf", buf_va)
+    buf = _Area(mem, buf_va, buf_len)
     if first > buf_len - hdr or nxt > buf_len:
         log.damage(f"log indices first={first} next={nxt} outside log_buf of {buf_len} bytes")
         return
+    _walk_structured(buf, first, nxt, hdr, o_ts, o_len, o_tl, o_fac, bo, log)
+    if bad := buf.unreadable_bytes():
+        log.damage(f"log_buf: {bad} of {buf_len} bytes unreadable")
+
+
+def _check_log_buf_len(mem: KernelMemory, buf_len: int) -> None:
+    if not 0 < buf_len <= _MAX_LOG_BUF_LEN or buf_len & (buf_len - 1):  # the kernel rounds it to a power of 2
+        raise KernelError(f"log_buf_len {buf_len} is impossible")
+    _fits(mem, f"log_buf_len {buf_len}", buf_len)
+
+
+def _walk_structured(buf: _Area, first: int, nxt: int, hdr: int, o_ts: int, o_len: int, o_tl: int, o_fac: int,
+                     bo: str, log: PrintkLog) -> None:
+    """Follow the records from ``first`` to ``nxt``; stops (log marked partial) at the first inconsistency."""
+    buf_len = buf.length
 
     def rec_len(p: int) -> int:
-        return _le(buf, p + o_len, 2, bo)
+        return buf.uint(p + o_len, 2, bo)
 
     ptr = first
     seen: set[int] = set()
     # Each record is at least a header long: that bounds the walk.
-    for _ in range(buf_len // max(hdr, 1) + 2):
+    for _ in range(buf_len // hdr + 2):
         if ptr == nxt:
             return
         if ptr in seen:
@@ -298,19 +402,20 @@ def _structured_records(mem: KernelMemory, info: VmcoreInfo, log: PrintkLog) -> 
         # A len == 0 record marks the end of the buffer: the record is at 0.
         length = rec_len(ptr)
         rec = 0 if length == 0 else ptr
-        text_len = _le(buf, rec + o_tl, 2, bo)
+        text_len = buf.uint(rec + o_tl, 2, bo)
         start = rec + hdr
         if start + text_len > buf_len:
             log.damage(f"record at index {rec} runs past the end of log_buf")
             text_len = max(buf_len - start, 0)
-        level, flags = _level_flags(buf[rec + o_fac + 1], bo) if rec + o_fac + 1 < buf_len else (0, 0)
+        flags_byte = buf.byte(rec + o_fac + 1)
+        level, flags = _level_flags(flags_byte, bo) if flags_byte is not None else (0, 0)
         log.records.append(PrintkRecord(
-            text=buf[start:start + text_len],
-            ts_nsec=_le(buf, rec + o_ts, 8, bo),
+            text=buf.read(start, text_len),
+            ts_nsec=buf.uint(rec + o_ts, 8, bo),
             level=level,
-            facility=buf[rec + o_fac] if rec + o_fac < buf_len else None,
+            facility=buf.byte(rec + o_fac),
             flags=flags,
-            damaged=_overlaps(bad, rec, start + text_len),
+            damaged=buf.damaged(rec, start + text_len - rec),
         ))
         step = rec_len(0) if length == 0 else length
         if step == 0:
@@ -334,17 +439,16 @@ def _plain_log(mem: KernelMemory, info: VmcoreInfo, log: PrintkLog) -> None:
     # log_end became "unsigned" (from unsigned long) in v2.6.25.
     ver = info.kernel_version()
     log_end = mem.read_ulong(end_sym) if ver is not None and ver < (2, 6, 25) else mem.read_u32(end_sym)
-    if not 0 < buf_len <= _MAX_LOG_BUF_LEN or buf_len & (buf_len - 1):  # the kernel rounds it to a power of 2
-        raise KernelError(f"log_buf_len {buf_len} is impossible")
+    _check_log_buf_len(mem, buf_len)
+    buf = _Area(mem, buf_va, buf_len)
+    # Unreadable pages are left out rather than zero-filled: the text is printed as-is.
     if log_end < buf_len:
-        raw, bad = _read_tolerant(mem, buf_va, log_end)
+        raw = buf.readable(0, log_end)
     else:
         index = log_end & (buf_len - 1)
-        old, bad_old = _read_tolerant(mem, buf_va + index, buf_len - index)
-        new, bad_new = _read_tolerant(mem, buf_va, index)
-        raw, bad = old + new, bad_old + bad_new
-    if bad:
-        log.damage(f"log_buf: {sum(e - s for s, e in bad)} bytes unreadable")
+        raw = buf.readable(index, buf_len - index) + buf.readable(0, index)
+    if bad := buf.unreadable_bytes():
+        log.damage(f"log_buf: {bad} bytes unreadable")
     log.raw = raw
     for line in raw.split(b"\n"):
         if not line:

@@ -29,7 +29,15 @@ from kdumpkit.errors import KernelError, VmcoreinfoMissingError
 if TYPE_CHECKING:
     from kdumpkit.dump.base import Dump
 
-__all__ = ["VmcoreInfo", "parse_vmcoreinfo"]
+__all__ = ["MAX_PAGE_SIZE", "MIN_PAGE_SIZE", "VmcoreInfo", "parse_vmcoreinfo"]
+
+#: The page sizes Linux is built with: 4 KiB (x86_64, s390x, riscv64, and the
+#: default elsewhere), 16 KiB and 64 KiB (arm64, ppc64, loongarch64, mips64),
+#: 256 KiB (ppc44x, hexagon).  PAGESIZE outside this range is a corrupt note:
+#: a page of 1 byte turns every page map into a byte map, one of 1 GiB makes
+#: every page read a gigabyte.
+MIN_PAGE_SIZE = 4096
+MAX_PAGE_SIZE = 1 << 18
 
 
 def parse_vmcoreinfo(text: bytes) -> dict[str, str]:
@@ -167,7 +175,12 @@ class VmcoreInfo:
 
     @property
     def page_size(self) -> int | None:
-        return self._auto("PAGESIZE")
+        """``PAGESIZE``, checked once here: a power of two from :data:`MIN_PAGE_SIZE` to :data:`MAX_PAGE_SIZE`."""
+        v = self._auto("PAGESIZE")
+        if v is not None and not (MIN_PAGE_SIZE <= v <= MAX_PAGE_SIZE and v & (v - 1) == 0):
+            raise KernelError(f"VMCOREINFO PAGESIZE={v} is not a page size "
+                              f"(a power of two from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE})")
+        return v
 
     @property
     def crashtime(self) -> int | None:
