@@ -11,7 +11,6 @@ left behind.  Timings decide nothing; the timeout only catches a hang.
 from __future__ import annotations
 
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -55,17 +54,34 @@ class Run:
             assert w in lines[0], lines[0]
 
 
-def _limit() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+#: Runs kdumpkit under the memory limit and writes its own peak RSS (VmHWM) at exit.  Measured from
+#: inside: wait4's ru_maxrss of a child of this (large) pytest process counts the pages it inherited
+#: at fork, and VmHWM belongs to the exec'd image alone.
+LAUNCHER = """
+import atexit, resource, sys
+n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_AS, (n, n))
+hwm = sys.argv[2]
+def _peak():
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    with open(hwm, "w") as f:
+        f.write(kb)
+atexit.register(_peak)
+sys.argv = ["kdumpkit", *sys.argv[3:]]
+from kdumpkit.cli.main import main
+sys.exit(main())
+"""
 
 
 def kdumpkit_cli(*args: str | Path, cwd: Path) -> Run:
-    """Run ``kdumpkit ARGS`` under the memory limit; its peak RSS comes from ``wait4``."""
+    """Run ``kdumpkit ARGS`` under the memory limit; its peak RSS is its own VmHWM (see LAUNCHER)."""
     env = dict(os.environ, PYTHONPATH=SRC, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    out_path, err_path = cwd / ".stdout", cwd / ".stderr"
+    out_path, err_path, hwm_path = cwd / ".stdout", cwd / ".stderr", cwd / ".peak"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "kdumpkit.cli.main", *map(str, args)], stdout=out,
-                                stderr=err, stdin=subprocess.DEVNULL, cwd=cwd, env=env, preexec_fn=_limit)
+        # A small launcher sets the limit and execs: a preexec_fn would fork this (large) pytest process,
+        # and the child's peak RSS would count the parent's pages it inherited.
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(MEMORY_LIMIT), str(hwm_path),
+                                 *map(str, args)], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd, env=env)
     deadline = time.monotonic() + TIMEOUT
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -77,10 +93,10 @@ def kdumpkit_cli(*args: str | Path, cwd: Path) -> Run:
             pytest.fail(f"kdumpkit {' '.join(map(str, args))} still running after {TIMEOUT} s")
         time.sleep(0.02)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    run = Run(proc.returncode, out_path.read_text(errors="replace"), err_path.read_text(errors="replace"),
-              usage.ru_maxrss * 1024)
-    out_path.unlink()
-    err_path.unlink()
+    peak = int(hwm_path.read_text()) * 1024 if hwm_path.is_file() else usage.ru_maxrss * 1024
+    run = Run(proc.returncode, out_path.read_text(errors="replace"), err_path.read_text(errors="replace"), peak)
+    for p in (out_path, err_path, hwm_path):
+        p.unlink(missing_ok=True)
     assert "Traceback" not in run.err and "MemoryError" not in run.err, run.err
     assert run.peak_rss < PEAK_RSS_LIMIT, f"peak RSS {run.peak_rss >> 20} MiB"
     return run

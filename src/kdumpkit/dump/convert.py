@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from kdumpkit.dump.base import Dump
 from kdumpkit.dump.sink import FileSink, Sink
 from kdumpkit.dump.writer import Progress, WriteStats
-from kdumpkit.errors import CorruptDumpError, KernelError, NoSpaceError, OutputError, UsageError
+from kdumpkit.errors import CorruptDumpError, DumpError, KernelError, NoSpaceError, OutputError, UsageError
 
 WRITE_FORMATS = ["elf", "kdump", "flat", "raw", "lime", "lkcd"]
 
@@ -89,7 +89,7 @@ def check_limits(source: Dump, fmt: str, *, elf_class: int = 64, exclude_zero: b
                                f"{limit.bit_length() - 1}-bit physical address space of {source.arch}")
     _check_vmcoreinfo_page_size(source)
     if not ram and fmt in ("lime", "raw"):  # formats that are nothing but memory
-        raise UsageError(f"{source.path} holds no RAM: a {fmt} output would be an empty file")
+        raise DumpError(f"{source.path} holds no RAM: a {fmt} output would be an empty file")
     if fmt == "elf" and elf_class == 32 and top > 1 << 32:
         raise UsageError("memory above 4 GiB needs an ELF64 dump")
     if free_bytes is None:
