@@ -139,12 +139,16 @@ def test_setup_debian_then_idempotent_then_undo(tmp_path: Path) -> None:
     r2 = setup(root=root, runner=run2, live=True, exe=EXE)
     assert not r2.changed and run2.calls == [] and r2.reboot_needed
 
-    # undo: every file gone, units disabled, grub regenerated
+    # undo: every file gone (the capture initramfs setup built too), units disabled, grub regenerated
+    image = root / systemd.initrd_path("6.1.0-99-amd64")
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(b"\x1f\x8b gzip, no mark inside")
     run3 = FakeRunner(root)
     u = undo(root=root, runner=run3, live=True)
     assert u.changed
     for rel in (bootloader.GRUB_DROPIN, bootloader.STATE, sysctl.SYSCTL_CONF, systemd.POSTINST_HOOK,
-                f"{systemd.UNIT_DIR}/{systemd.LOAD_UNIT}", f"{systemd.UNIT_DIR}/{systemd.REPORT_UNIT}"):
+                f"{systemd.UNIT_DIR}/{systemd.LOAD_UNIT}", f"{systemd.UNIT_DIR}/{systemd.REPORT_UNIT}",
+                systemd.initrd_path("6.1.0-99-amd64")):
         assert not (root / rel).exists(), rel
     assert run3.commands() == ["systemctl disable --now kdumpkit-load.service kdumpkit-report.service",
                                "systemctl daemon-reload", "update-grub"]

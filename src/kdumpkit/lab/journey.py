@@ -59,6 +59,7 @@ VARIANT_HOOKS: dict[str, str] = {
              /etc/sysctl.d/90-kdumpkit.conf; do
         [ -e "$f" ] && left="$left $f"
     done
+    ls /var/lib/kdumpkit/initrd.img-* >/dev/null 2>&1 && left="$left capture-initramfs"
     grep -q crashkernel /boot/grub/grub.cfg && left="$left grub.cfg:crashkernel"
     systemctl -q is-enabled kdumpkit-load.service 2>/dev/null && left="$left enabled:kdumpkit-load"
     [ -z "$left" ] && mark "phase=undo ok" || mark "fail phase=undo reason=left:$left"
@@ -423,14 +424,9 @@ def _judge(j: Journey) -> None:
         for f in sorted(d.iterdir()):
             st = f.stat()
             j.files[f"{d.name}/{f.name}"] = {"size": st.st_size, "mode": oct(st.st_mode & 0o777)}
-    status = j.out / "guest" / "status.json"
-    if status.is_file():
-        try:
-            j.crashkernel = str(json.loads(status.read_text()).get("crashkernel", "")) or ""
-        except ValueError:
-            pass
-    if not j.crashkernel:
-        j.crashkernel = _cmdline_crashkernel(j.out / "guest" / "grub-cfg-crashkernel.txt")
+    # What the last boot really ran with (after an undo, GRUB's configuration no longer says it).
+    j.crashkernel = (_cmdline_crashkernel(j.out / "guest" / "cmdline.txt")
+                     or _cmdline_crashkernel(j.out / "guest" / "grub-cfg-crashkernel.txt"))
     if dirs:
         report = dirs[-1] / "report.txt"
         if report.is_file():

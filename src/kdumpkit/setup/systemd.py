@@ -162,6 +162,9 @@ def uninstall(ctx: Context) -> None:
     for u in UNITS:
         removed |= ctx.remove(f"{UNIT_DIR}/{u}")
     ctx.remove(POSTINST_HOOK)
+    images = ctx.path(initrd_path("x")).parent
+    for img in sorted(images.glob("initrd.img-*")) if images.is_dir() else []:  # built by setup or the hook
+        ctx.remove(str(img.relative_to(ctx.root)), only_if_ours=False)
     if removed and find_program(ctx.root, "systemctl"):
         ctx.run(["systemctl", "daemon-reload"])
 
