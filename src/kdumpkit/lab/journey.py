@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import tarfile
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from typing import Any
 
 from kdumpkit.errors import LabError
 from kdumpkit.lab.qemu import VM, VMConfig, choose_accel
-from kdumpkit.lab.sysimage import LAB_LABEL, SUITE_PYTHON, base_image
+from kdumpkit.lab.sysimage import LAB_LABEL, SUITE_PYTHON, base_image, run_tool
 from kdumpkit.lab.wheelhouse import build_wheelhouse
 
 Log = Callable[[str], None]
@@ -272,17 +271,13 @@ def make_lab_disk(path: Path, content: Path) -> None:
     size_mb = max(64, int(sum(p.stat().st_size for p in content.rglob("*") if p.is_file()) * 1.3) // (1 << 20) + 32)
     with open(path, "wb") as f:
         f.truncate(size_mb << 20)
-    p = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", LAB_LABEL, "-d", str(content), str(path)],
-                       capture_output=True, text=True, timeout=300, check=False)
-    if p.returncode != 0:
-        raise LabError(f"mkfs.ext4 for the lab disk failed: {p.stderr.strip()}")
+    run_tool(["mkfs.ext4", "-q", "-F", "-L", LAB_LABEL, "-d", str(content), str(path)], "mkfs.ext4 (lab disk)",
+             timeout=300)
 
 
 def overlay(base: Path, path: Path) -> None:
-    p = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(path)],
-                       capture_output=True, text=True, timeout=120, check=False)
-    if p.returncode != 0:
-        raise LabError(f"qemu-img create failed: {p.stderr.strip()}")
+    run_tool(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(path)],
+             "qemu-img create", timeout=120)
 
 
 def system_drives(variant: str, disk: Path, work: Path) -> list[str]:

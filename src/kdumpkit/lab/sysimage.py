@@ -127,7 +127,8 @@ def image_key(suite: str, packages: tuple[str, ...], late_packages: tuple[str, .
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _run(cmd: list[str], what: str, timeout: float = 1800, **kw: object) -> str:
+def run_tool(cmd: list[str], what: str, timeout: float = 1800, **kw: object) -> str:
+    """Run a host tool of the lab; a failure is one LabError naming ``what`` and the tool's last lines."""
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)  # type: ignore[call-overload]
     except FileNotFoundError:
@@ -171,10 +172,10 @@ def make_disk(rootfs: Path, disk: Path, root_uuid: str) -> None:
     """A partitioned raw disk whose first partition is an ext4 made from ``rootfs`` (no loop device)."""
     with open(disk, "wb") as f:
         f.truncate(DISK_SIZE)
-    _run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)], "partition table",
+    run_tool(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)], "partition table",
          input=f"label: dos\nstart={PART_OFFSET // 512}, type=83, bootable\n")
     blocks = (DISK_SIZE - PART_OFFSET) // 4096
-    _run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", "root", "-U", root_uuid,
+    run_tool(["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", "root", "-U", root_uuid,
           "-E", f"offset={PART_OFFSET},nodiscard", "-d", str(rootfs), str(disk), str(blocks)], "mkfs.ext4 -d")
 
 
@@ -185,7 +186,7 @@ def debootstrap(suite: str, rootfs: Path, packages: tuple[str, ...], log: Log,
     log(f"mmdebstrap {suite}: {' '.join(packages)}" + (f" then {' '.join(late_packages)}" if late_packages else ""))
     hooks = [f'--customize-hook=chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q '
              f'{" ".join(late_packages)}'] if late_packages else []
-    _run(["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}", "--skip=output/dev", *hooks,
+    run_tool(["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}", "--skip=output/dev", *hooks,
           suite, str(rootfs), *mirrors], f"mmdebstrap {suite}", timeout=1800)
 
 
